@@ -1,7 +1,7 @@
 /**
  * FlowLoom's public API. Explicit named exports only: every export here is public API.
  */
-export { Coordinator, DEFAULT_CONFIG, describeStatus } from './coordinator.ts';
+
 export type {
   AddTaskInput,
   ClaimOptions,
@@ -16,8 +16,9 @@ export type {
   StatusSnapshot,
   WriteContext,
 } from './coordinator.ts';
-export { ManualClock, systemClock } from './core/clock.ts';
+export { Coordinator, DEFAULT_CONFIG, describeStatus } from './coordinator.ts';
 export type { Clock } from './core/clock.ts';
+export { ManualClock, systemClock } from './core/clock.ts';
 export { ErrorCode, FlowLoomError, isFlowLoomError } from './core/errors.ts';
 export { normalizeResource, resourcesOverlap } from './core/resourcePattern.ts';
 export type {

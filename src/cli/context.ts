@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as z from 'zod/mini';
-import { type Coordinator, type CoordinatorConfig } from '../coordinator.ts';
+import type { Coordinator, CoordinatorConfig } from '../coordinator.ts';
 import { ErrorCode, FlowLoomError, invalidInput } from '../core/errors.ts';
 import { validateId } from '../core/ids.ts';
 import { assertLocalFilesystem } from '../platform/fsType.ts';
@@ -33,7 +33,14 @@ export class CliContext {
   /** Problems the store reported (damaged files set aside) during this command. */
   readonly problems: StoreProblem[] = [];
 
-  constructor(opts: { json: boolean; debug: boolean; dir?: string | undefined; session?: string | undefined; env: NodeJS.ProcessEnv; cwd: string }) {
+  constructor(opts: {
+    json: boolean;
+    debug: boolean;
+    dir?: string | undefined;
+    session?: string | undefined;
+    env: NodeJS.ProcessEnv;
+    cwd: string;
+  }) {
     this.json = opts.json;
     this.debug = opts.debug;
     this.dirFlag = opts.dir;
@@ -52,11 +59,16 @@ export class CliContext {
     if (this.coord) return this.coord;
     const dir = this.stateDir();
     assertLocalFilesystem(dir);
-    const [{ FsStore }, { Coordinator }] = await Promise.all([import('../store/fs/fsStore.ts'), import('../coordinator.ts')]);
+    const [{ FsStore }, { Coordinator }] = await Promise.all([
+      import('../store/fs/fsStore.ts'),
+      import('../coordinator.ts'),
+    ]);
     const store = new FsStore(dir);
     store.onProblem = (p) => {
       this.problems.push(p);
-      process.stderr.write(`flowloom: warning: set aside damaged file ${p.what} (${p.reason})${p.movedTo ? `; kept in ${p.movedTo}` : ''}\n`);
+      process.stderr.write(
+        `flowloom: warning: set aside damaged file ${p.what} (${p.reason})${p.movedTo ? `; kept in ${p.movedTo}` : ''}\n`,
+      );
     };
     await store.open({ create: opts.create ?? false });
     this.coord = new Coordinator(store, { config: this.config(dir), probe: probeProcess });
@@ -72,10 +84,17 @@ export class CliContext {
       try {
         raw = JSON.parse(readFileSync(path, 'utf8'));
       } catch (e) {
-        throw invalidInput(`${path} is not valid JSON (${(e as Error).message})`, 'fix or delete it (defaults apply without it)');
+        throw invalidInput(
+          `${path} is not valid JSON (${(e as Error).message})`,
+          'fix or delete it (defaults apply without it)',
+        );
       }
       const r = configSchema.safeParse(raw);
-      if (!r.success) throw invalidInput(`${path} has an unexpected setting: ${r.error.issues[0]?.path.join('.') ?? '?'}`, 'see `flowloom init --help` for the settings');
+      if (!r.success)
+        throw invalidInput(
+          `${path} has an unexpected setting: ${r.error.issues[0]?.path.join('.') ?? '?'}`,
+          'see `flowloom init --help` for the settings',
+        );
       Object.assign(out, r.data);
     }
     const envDur = (name: string, key: keyof CoordinatorConfig) => {

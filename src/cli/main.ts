@@ -40,7 +40,8 @@ const COMMANDS: Record<string, Command> = {
     load: async () => (await import('./commands/session.ts')).init,
   },
   join: {
-    usage: 'flowloom join [--session ID] [--mode auto|master|agent] [--capabilities a,b] [--resources r] [--pid N|parent|self] [--ttl 15s] [--hold]',
+    usage:
+      'flowloom join [--session ID] [--mode auto|master|agent] [--capabilities a,b] [--resources r] [--pid N|parent|self] [--ttl 15s] [--hold]',
     summary: 'register a session; the last to join in auto mode becomes master',
     options: { mode: str, capabilities: list, resources: list, pid: str, ttl: str, hold: bool, meta: list },
     load: async () => (await import('./commands/session.ts')).join,
@@ -82,9 +83,22 @@ const COMMANDS: Record<string, Command> = {
     load: async () => (await import('./commands/status.ts')).events,
   },
   'task add': {
-    usage: 'flowloom task add TITLE [--prompt TEXT] [--needs cap,..] [--priority N|low|high|urgent] [--after ID,..] [--command CMD] [--resources r,..] [--max-attempts N] [--timeout 10m] [--to SESSION] [--id ID] [--epoch N]',
+    usage:
+      'flowloom task add TITLE [--prompt TEXT] [--needs cap,..] [--priority N|low|high|urgent] [--after ID,..] [--command CMD] [--resources r,..] [--max-attempts N] [--timeout 10m] [--to SESSION] [--id ID] [--epoch N]',
     summary: 'add a task to the queue',
-    options: { prompt: str, needs: list, priority: str, after: list, command: str, resources: list, 'max-attempts': str, timeout: str, to: str, id: str, epoch: str },
+    options: {
+      prompt: str,
+      needs: list,
+      priority: str,
+      after: list,
+      command: str,
+      resources: list,
+      'max-attempts': str,
+      timeout: str,
+      to: str,
+      id: str,
+      epoch: str,
+    },
     load: async () => (await import('./commands/task.ts')).add,
   },
   'task claim': {
@@ -208,21 +222,30 @@ async function main(argv: string[]): Promise<number> {
   let split = argv.indexOf('--');
   const head = split >= 0 ? argv.slice(0, split) : argv;
   const tail = split >= 0 ? argv.slice(split + 1) : [];
-  const words = head.filter((a) => !a.startsWith('-'));
+  const wordAt = commandWordIndexes(head);
+  const words = wordAt.map((i) => head[i] as string);
   const first = words[0];
-  if (first === undefined || first === 'help' || (head.length && (head[0] === '--help' || head[0] === '-h'))) {
-    process.stdout.write(`${helpText()}\n`);
-    return first === undefined && !head.includes('--help') && !head.includes('-h') ? 2 : 0;
-  }
-  if (first === '--version' || head.includes('--version')) {
+  if (head.includes('--version')) {
     process.stdout.write('flowloom 0.1.0\n');
     return 0;
+  }
+  if (
+    first === undefined ||
+    first === 'help' ||
+    (head.length && (head[0] === '--help' || head[0] === '-h'))
+  ) {
+    process.stdout.write(`${helpText()}\n`);
+    return first === undefined && !head.includes('--help') && !head.includes('-h') ? 2 : 0;
   }
   let name = first;
   if (GROUPS.has(first)) name = `${first} ${words[1] ?? ''}`.trim();
   const cmd = COMMANDS[name];
   if (!cmd) {
-    const group = GROUPS.has(first) ? Object.keys(COMMANDS).filter((k) => k.startsWith(`${first} `)).join(', ') : '';
+    const group = GROUPS.has(first)
+      ? Object.keys(COMMANDS)
+          .filter((k) => k.startsWith(`${first} `))
+          .join(', ')
+      : '';
     return usageError(
       wantsJson,
       GROUPS.has(first) ? `"${name}" needs a subcommand: ${group}` : `unknown command "${first}"`,
@@ -231,12 +254,21 @@ async function main(argv: string[]): Promise<number> {
   }
   let parsed: ReturnType<typeof parseArgs>;
   try {
-    // Drop the command words themselves (first one or two non-flag words) before parsing.
-    const rest = [...head];
-    for (const w of name.split(' ')) rest.splice(rest.indexOf(w), 1);
-    parsed = parseArgs({ args: rest, options: { ...GLOBAL, ...cmd.options }, allowPositionals: true, strict: true });
+    // Drop the command words themselves (by position: a flag value may spell the same word) before parsing.
+    const drop = new Set(wordAt.slice(0, name.split(' ').length));
+    const rest = head.filter((_, i) => !drop.has(i));
+    parsed = parseArgs({
+      args: rest,
+      options: { ...GLOBAL, ...cmd.options },
+      allowPositionals: true,
+      strict: true,
+    });
   } catch (e) {
-    return usageError(wantsJson, (e as Error).message.split('\n')[0] ?? 'bad arguments', `usage: ${cmd.usage}`);
+    return usageError(
+      wantsJson,
+      (e as Error).message.split('\n')[0] ?? 'bad arguments',
+      `usage: ${cmd.usage}`,
+    );
   }
   const values = parsed.values as Values;
   if (values.help) {
@@ -264,22 +296,61 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+/**
+ * Positions of the command words (`status`, or `task add`): the first non-flag arguments, skipping the
+ * values of string options written before them (`flowloom --dir d --session a status`).
+ */
+function commandWordIndexes(head: string[]): number[] {
+  const takesValue = (opts: Options) =>
+    Object.entries(opts)
+      .filter(([, o]) => o.type === 'string')
+      .map(([k]) => k);
+  const valued = new Set(takesValue(GLOBAL));
+  const out: number[] = [];
+  for (let i = 0; i < head.length && out.length < 2; i++) {
+    const a = head[i] as string;
+    if (a.startsWith('-')) {
+      if (a.startsWith('--') && !a.includes('=') && valued.has(a.slice(2))) i++;
+      continue;
+    }
+    out.push(i);
+    if (out.length === 1 && !GROUPS.has(a)) break;
+    // Inside a group, options of its subcommands may come before the subcommand word.
+    for (const [k, c] of Object.entries(COMMANDS))
+      if (k.startsWith(`${a} `)) for (const n of takesValue(c.options)) valued.add(n);
+  }
+  return out;
+}
+
+/** Errors print one line: messages quoting file content or parser output may contain newlines. */
+function flat(text: string): string {
+  return text.replace(/\s*[\r\n]+\s*/g, ' ');
+}
+
 function usageError(json: boolean, message: string, hint: string): number {
   return reportError(json, false, new FlowLoomError(ErrorCode.INVALID_INPUT, message, { hint }), '');
 }
 
 function reportError(json: boolean, debug: boolean, e: unknown, usage: string): number {
   if (e instanceof FlowLoomError) {
-    process.stderr.write(`flowloom: ${e.oneLine()}\n`);
+    process.stderr.write(`flowloom: ${flat(e.oneLine())}\n`);
     if (debug && e.stack) process.stderr.write(`${e.stack}\n`);
-    if (json) process.stdout.write(`${JSON.stringify({ error: { code: e.code, message: e.message, hint: e.hint ?? null, ...e.details } })}\n`);
+    if (json)
+      process.stdout.write(
+        `${JSON.stringify({ error: { code: e.code, message: e.message, hint: e.hint ?? null, ...e.details } })}\n`,
+      );
     void usage;
     return exitCodeFor(e.code);
   }
   const err = e as Error;
-  process.stderr.write(`flowloom: internal error: ${err?.message ?? String(e)} (run again with --debug for details)\n`);
+  process.stderr.write(
+    `flowloom: internal error: ${flat(err?.message ?? String(e))} (run again with --debug for details)\n`,
+  );
   if (debug && err?.stack) process.stderr.write(`${err.stack}\n`);
-  if (json) process.stdout.write(`${JSON.stringify({ error: { code: ErrorCode.INTERNAL, message: err?.message ?? String(e), hint: null } })}\n`);
+  if (json)
+    process.stdout.write(
+      `${JSON.stringify({ error: { code: ErrorCode.INTERNAL, message: err?.message ?? String(e), hint: null } })}\n`,
+    );
   return 1;
 }
 

@@ -25,7 +25,10 @@ export interface CurrentMaster {
 const MODE_ORDER: Record<SessionMode, number> = { master: 2, auto: 1, agent: 0 };
 
 /** Picks the master among sessions by the rule (failover, vacancy); null when nobody is alive. */
-export function pickMaster(sessions: readonly Candidate[], exclude: ReadonlySet<string> = new Set()): Candidate | null {
+export function pickMaster(
+  sessions: readonly Candidate[],
+  exclude: ReadonlySet<string> = new Set(),
+): Candidate | null {
   let best: Candidate | null = null;
   for (const s of sessions) {
     if (!s.alive || exclude.has(s.id)) continue;
@@ -44,7 +47,10 @@ export function pickMaster(sessions: readonly Candidate[], exclude: ReadonlySet<
  * Whether a session that just joined (or changed mode) with `mode` and `rank` takes mastership from a
  * live master `current`. (With no live master, the coordinator runs `pickMaster` over everyone alive.)
  */
-export function takesOver(current: CurrentMaster, joiner: { id: string; mode: SessionMode; rank: number }): boolean {
+export function takesOver(
+  current: CurrentMaster,
+  joiner: { id: string; mode: SessionMode; rank: number },
+): boolean {
   if (current.id === joiner.id) return joiner.mode === 'master' && !current.explicit;
   switch (joiner.mode) {
     case 'agent':

@@ -97,7 +97,14 @@ export interface MasterRecord {
 export type TaskState = 'pending' | 'active' | 'completed' | 'failed' | 'cancelled';
 export const TASK_STATES: readonly TaskState[] = ['pending', 'active', 'completed', 'failed', 'cancelled'];
 
-export type AttemptOutcome = 'completed' | 'failed' | 'lapsed' | 'holder-died' | 'timed-out' | 'cancelled' | 'released';
+export type AttemptOutcome =
+  | 'completed'
+  | 'failed'
+  | 'lapsed'
+  | 'holder-died'
+  | 'timed-out'
+  | 'cancelled'
+  | 'released';
 
 /** One claim of a task and how it ended. Every attempt's reason is kept. */
 export interface Attempt {

@@ -3,13 +3,7 @@
  * the store sets it aside and reports it instead of trusting it.
  */
 import * as z from 'zod/mini';
-import type {
-  LockTable,
-  MasterRecord,
-  SeqRecord,
-  SessionRecord,
-  TaskRecord,
-} from '../core/types.ts';
+import type { LockTable, MasterRecord, SeqRecord, SessionRecord, TaskRecord } from '../core/types.ts';
 
 const str = z.string();
 const num = z.number();
@@ -118,7 +112,9 @@ void taskProof;
 
 /** Parses JSON text with a schema; returns an error string instead of throwing. */
 export function parseRecord<T>(
-  schema: { safeParse(v: unknown): { success: true; data: T } | { success: false; error: { message: string } } },
+  schema: {
+    safeParse(v: unknown): { success: true; data: T } | { success: false; error: { message: string } };
+  },
   text: string,
 ): { ok: true; value: T } | { ok: false; reason: string } {
   let raw: unknown;

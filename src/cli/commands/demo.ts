@@ -13,7 +13,10 @@ import { renderStatus } from './status.ts';
  */
 export const demo: Run = async (ctx, v) => {
   const dir = mkdtempSync(join(tmpdir(), 'flowloom-demo-'));
-  const [{ FsStore }, { Coordinator: C }] = await Promise.all([import('../../store/fs/fsStore.ts'), import('../../coordinator.ts')]);
+  const [{ FsStore }, { Coordinator: C }] = await Promise.all([
+    import('../../store/fs/fsStore.ts'),
+    import('../../coordinator.ts'),
+  ]);
   const open = async (): Promise<Coordinator> => {
     const store = new FsStore(join(dir, '.flowloom-coordination'));
     await store.open({ create: true });
@@ -33,14 +36,33 @@ export const demo: Run = async (ctx, v) => {
     await agent2.join({ id: 'agent-2', mode: 'agent', capabilities: ['doc-writer'] });
     say('2. agent-1 (test-runner) and agent-2 (doc-writer) join as agents; alice stays master');
 
-    const tests = await alice.addTask({ title: 'Run the auth test suite', needs: ['test-runner'], resources: ['file:src/auth/**'], priority: 100 }, { session: 'alice', expectEpoch: a.master.epoch });
-    const docs = await alice.addTask({ title: 'Update the API docs', needs: ['doc-writer'] }, { session: 'alice' });
-    const notes = await alice.addTask({ title: 'Write release notes', needs: ['doc-writer'], after: [docs.id] }, { session: 'alice' });
-    say(`3. alice delegates 3 tasks: ${tests.id} (tests), ${docs.id} (docs), ${notes.id} (notes, after ${docs.id})`);
+    const tests = await alice.addTask(
+      {
+        title: 'Run the auth test suite',
+        needs: ['test-runner'],
+        resources: ['file:src/auth/**'],
+        priority: 100,
+      },
+      { session: 'alice', expectEpoch: a.master.epoch },
+    );
+    const docs = await alice.addTask(
+      { title: 'Update the API docs', needs: ['doc-writer'] },
+      { session: 'alice' },
+    );
+    const notes = await alice.addTask(
+      { title: 'Write release notes', needs: ['doc-writer'], after: [docs.id] },
+      { session: 'alice' },
+    );
+    say(
+      `3. alice delegates 3 tasks: ${tests.id} (tests), ${docs.id} (docs), ${notes.id} (notes, after ${docs.id})`,
+    );
 
     const c1 = await agent1.claimTask('agent-1');
     const c2 = await agent2.claimTask('agent-2');
-    say(`4. agent-1 claims ${c1?.task.id} "${c1?.task.title}" and locks file:src/auth/**`, `agent-2 claims ${c2?.task.id} "${c2?.task.title}" (${notes.id} waits for it)`);
+    say(
+      `4. agent-1 claims ${c1?.task.id} "${c1?.task.title}" and locks file:src/auth/**`,
+      `agent-2 claims ${c2?.task.id} "${c2?.task.title}" (${notes.id} waits for it)`,
+    );
 
     try {
       await agent2.acquireLocks('agent-2', ['file:src/auth/login.ts']);
@@ -51,23 +73,40 @@ export const demo: Run = async (ctx, v) => {
     }
 
     if (!c1 || !c2) throw new Error('demo: a claim failed');
-    await agent1.reportProgress({ id: c1.task.id, session: 'agent-1', token: c1.lease.token }, '3 tests failing in auth module');
+    await agent1.reportProgress(
+      { id: c1.task.id, session: 'agent-1', token: c1.lease.token },
+      '3 tests failing in auth module',
+    );
     const mid = await alice.status();
     say('6. alice asks for status', mid.lines.filter((l) => l.includes('reports')).join('\n    '));
 
-    await agent1.completeTask({ id: c1.task.id, session: 'agent-1', token: c1.lease.token }, { summary: '3 failing tests fixed, 42 passed' });
-    await agent2.completeTask({ id: c2.task.id, session: 'agent-2', token: c2.lease.token }, { summary: 'docs updated' });
+    await agent1.completeTask(
+      { id: c1.task.id, session: 'agent-1', token: c1.lease.token },
+      { summary: '3 failing tests fixed, 42 passed' },
+    );
+    await agent2.completeTask(
+      { id: c2.task.id, session: 'agent-2', token: c2.lease.token },
+      { summary: 'docs updated' },
+    );
     const c3 = await agent2.claimTask('agent-2');
     if (!c3) throw new Error('demo: the dependent task was not claimable');
-    await agent2.completeTask({ id: c3.task.id, session: 'agent-2', token: c3.lease.token }, { summary: 'notes written' });
-    say(`7. agent-1 completes ${c1.task.id}; agent-2 completes ${c2.task.id}, then claims and completes ${c3.task.id}`);
+    await agent2.completeTask(
+      { id: c3.task.id, session: 'agent-2', token: c3.lease.token },
+      { summary: 'notes written' },
+    );
+    say(
+      `7. agent-1 completes ${c1.task.id}; agent-2 completes ${c2.task.id}, then claims and completes ${c3.task.id}`,
+    );
 
     await agent2.acquireLocks('agent-2', ['file:src/auth/login.ts']);
     await agent2.releaseLocks('agent-2', {});
     say('8. the auth lock was released with the task: agent-2 can now lock src/auth/login.ts');
 
     const b = await bob.join({ id: 'bob' });
-    say(`9. bob joins last -> ${b.role} (epoch ${b.master.epoch}); handoff note from ${b.master.handoff?.from}:`, b.master.handoff?.summary ?? '');
+    say(
+      `9. bob joins last -> ${b.role} (epoch ${b.master.epoch}); handoff note from ${b.master.handoff?.from}:`,
+      b.master.handoff?.summary ?? '',
+    );
 
     const final = await bob.status();
     say('10. final status:');

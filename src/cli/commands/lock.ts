@@ -11,7 +11,8 @@ function describe(l: LockRecord, now: number): string {
 }
 
 export const acquire: Run = async (ctx, v, pos) => {
-  if (pos.length === 0) throw invalidInput('no resource to lock', 'usage: flowloom lock acquire file:src/app.ts [git ...]');
+  if (pos.length === 0)
+    throw invalidInput('no resource to lock', 'usage: flowloom lock acquire file:src/app.ts [git ...]');
   const coord = await ctx.coordinator();
   const session = ctx.session();
   const locks = await coord.acquireLocks(session, pos, {
@@ -19,7 +20,10 @@ export const acquire: Run = async (ctx, v, pos) => {
     leaseMs: s(v.lease) ? parseDuration('lease', s(v.lease)!) : undefined,
     note: s(v.note),
   });
-  ctx.out(locks.map((l) => `locked ${l.resource} (token ${l.token})`), { session, locks });
+  ctx.out(
+    locks.map((l) => `locked ${l.resource} (token ${l.token})`),
+    { session, locks },
+  );
   return 0;
 };
 
@@ -31,7 +35,10 @@ export const release: Run = async (ctx, v, pos) => {
     resources: pos.length ? pos : undefined,
     token: s(v.token) ? parseIntFlag('token', s(v.token)!, 1, Number.MAX_SAFE_INTEGER) : undefined,
   });
-  ctx.out(released.length ? released.map((l) => `released ${l.resource}`) : 'nothing to release', { session, released });
+  ctx.out(released.length ? released.map((l) => `released ${l.resource}`) : 'nothing to release', {
+    session,
+    released,
+  });
   return 0;
 };
 
@@ -41,7 +48,12 @@ export const list: Run = async (ctx) => {
   const now = coord.store.clock.now();
   ctx.out(
     table.locks.length || table.waiters.length
-      ? [...table.locks.map((l) => describe(l, now)), ...table.waiters.map((w) => `waiting: ${w.session} for ${w.resources.join(', ')} (ticket ${w.ticket})`)]
+      ? [
+          ...table.locks.map((l) => describe(l, now)),
+          ...table.waiters.map(
+            (w) => `waiting: ${w.session} for ${w.resources.join(', ')} (ticket ${w.ticket})`,
+          ),
+        ]
       : 'no locks held',
     table,
   );
@@ -53,7 +65,8 @@ export const run: Run = async (ctx, v, pos) => {
   const sep = pos.indexOf('--');
   const resources = sep >= 0 ? pos.slice(0, sep) : pos;
   const argv = sep >= 0 ? pos.slice(sep + 1) : [];
-  if (resources.length === 0 || argv.length === 0) throw invalidInput('need resources and a command', 'usage: flowloom lock run git -- git commit -m "msg"');
+  if (resources.length === 0 || argv.length === 0)
+    throw invalidInput('need resources and a command', 'usage: flowloom lock run git -- git commit -m "msg"');
   const coord = await ctx.coordinator();
   const session = ctx.session();
   const leaseMs = s(v.lease) ? parseDuration('lease', s(v.lease)!) : coord.config.lockLeaseMs;
@@ -62,15 +75,24 @@ export const run: Run = async (ctx, v, pos) => {
     leaseMs,
     note: s(v.note) ?? argv.join(' ').slice(0, 200),
   });
-  const renew = setInterval(() => {
-    coord.acquireLocks(session, resources, { leaseMs }).catch((e) => {
-      process.stderr.write(`flowloom: warning: could not renew ${resources.join(', ')}: ${(e as Error).message}\n`);
-    });
-  }, Math.max(100, leaseMs / 3));
+  const renew = setInterval(
+    () => {
+      coord.acquireLocks(session, resources, { leaseMs }).catch((e) => {
+        process.stderr.write(
+          `flowloom: warning: could not renew ${resources.join(', ')}: ${(e as Error).message}\n`,
+        );
+      });
+    },
+    Math.max(100, leaseMs / 3),
+  );
   const code = await new Promise<number>((resolve) => {
     const child = spawn(argv[0]!, argv.slice(1), {
       stdio: ctx.json ? ['inherit', 'ignore', 'inherit'] : 'inherit',
-      env: { ...process.env, FLOWLOOM_SESSION: session, FLOWLOOM_LOCK_TOKENS: locks.map((l) => `${l.resource}=${l.token}`).join(' ') },
+      env: {
+        ...process.env,
+        FLOWLOOM_SESSION: session,
+        FLOWLOOM_LOCK_TOKENS: locks.map((l) => `${l.resource}=${l.token}`).join(' '),
+      },
     });
     child.on('error', (e) => {
       process.stderr.write(`flowloom: cannot run ${argv[0]}: ${e.message}\n`);

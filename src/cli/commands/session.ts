@@ -1,12 +1,12 @@
-import { writeFileSync, existsSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Coordinator } from '../../coordinator.ts';
 import { invalidInput } from '../../core/errors.ts';
-import { SESSION_MODES, type MasterRecord, type SessionMode } from '../../core/types.ts';
+import { type MasterRecord, SESSION_MODES, type SessionMode } from '../../core/types.ts';
 import { currentProcessIdentity, probeProcess, readProcessIdentity } from '../../platform/processIdentity.ts';
 import { addToGitExclude } from '../../platform/stateDir.ts';
 import { parseDuration, parseIntFlag, parseList } from '../args.ts';
-import { CONFIG_FILE, type CliContext } from '../context.ts';
+import { type CliContext, CONFIG_FILE } from '../context.ts';
 import type { Run, Values } from '../main.ts';
 
 const s = (v: Values[string]) => (typeof v === 'string' ? v : undefined);
@@ -31,7 +31,8 @@ export const init: Run = async (ctx, v) => {
 
 function parseMode(v: string | undefined): SessionMode | undefined {
   if (v === undefined) return undefined;
-  if (!(SESSION_MODES as readonly string[]).includes(v)) throw invalidInput(`mode "${v}" is not valid`, 'use auto, master or agent');
+  if (!(SESSION_MODES as readonly string[]).includes(v))
+    throw invalidInput(`mode "${v}" is not valid`, 'use auto, master or agent');
   return v as SessionMode;
 }
 
@@ -44,11 +45,20 @@ export const join_: Run = async (ctx, v) => {
   const coord = await ctx.coordinator({ create: true });
   const hold = v.hold === true;
   const pidFlag = s(v.pid);
-  let proc = undefined;
+  let proc;
   if (pidFlag !== undefined || hold) {
-    const pid = pidFlag === undefined || pidFlag === 'self' ? process.pid : pidFlag === 'parent' ? process.ppid : parseIntFlag('pid', pidFlag, 1, 2 ** 31);
+    const pid =
+      pidFlag === undefined || pidFlag === 'self'
+        ? process.pid
+        : pidFlag === 'parent'
+          ? process.ppid
+          : parseIntFlag('pid', pidFlag, 1, 2 ** 31);
     proc = pid === process.pid ? currentProcessIdentity() : readProcessIdentity(pid);
-    if (!proc) throw invalidInput(`process ${pid} does not exist`, 'pass the pid of a running process (or parent/self)');
+    if (!proc)
+      throw invalidInput(
+        `process ${pid} does not exist`,
+        'pass the pid of a running process (or parent/self)',
+      );
   }
   const meta: Record<string, string> = {};
   for (const kv of parseList(v.meta as string[] | undefined)) {
@@ -66,8 +76,19 @@ export const join_: Run = async (ctx, v) => {
     meta,
   });
   const id = r.session.id;
-  const json = { session: id, role: r.role, mode: r.session.mode, epoch: r.master.epoch, master: r.master.sessionId, rejoined: r.rejoined, handoff: r.role === 'master' ? r.master.handoff : null };
-  ctx.out([describeRole(id, r.master), ...(ctx.maybeSession() ? [] : [`export FLOWLOOM_SESSION=${id}`])], json);
+  const json = {
+    session: id,
+    role: r.role,
+    mode: r.session.mode,
+    epoch: r.master.epoch,
+    master: r.master.sessionId,
+    rejoined: r.rejoined,
+    handoff: r.role === 'master' ? r.master.handoff : null,
+  };
+  ctx.out(
+    [describeRole(id, r.master), ...(ctx.maybeSession() ? [] : [`export FLOWLOOM_SESSION=${id}`])],
+    json,
+  );
   if (!hold) return 0;
   return holdSession(ctx, coord, id, r.master);
 };
@@ -77,7 +98,12 @@ export { join_ as join };
  * Stays in the foreground as a live session: heartbeats, watches the master closely (a dead master
  * is replaced within a tick), prints role changes, and leaves on SIGINT/SIGTERM.
  */
-async function holdSession(ctx: CliContext, coord: Coordinator, id: string, first: MasterRecord): Promise<number> {
+async function holdSession(
+  ctx: CliContext,
+  coord: Coordinator,
+  id: string,
+  first: MasterRecord,
+): Promise<number> {
   let last = first;
   let stopping = false;
   const stop = new AbortController();
@@ -93,7 +119,13 @@ async function holdSession(ctx: CliContext, coord: Coordinator, id: string, firs
   const report = (m: MasterRecord) => {
     if (m.epoch === last.epoch && m.sessionId === last.sessionId) return;
     last = m;
-    ctx.out(describeRole(id, m), { event: 'role', session: id, role: m.sessionId === id ? 'master' : 'agent', epoch: m.epoch, master: m.sessionId });
+    ctx.out(describeRole(id, m), {
+      event: 'role',
+      session: id,
+      role: m.sessionId === id ? 'master' : 'agent',
+      epoch: m.epoch,
+      master: m.sessionId,
+    });
   };
   while (!stopping) {
     const now = Date.now();
@@ -105,7 +137,8 @@ async function holdSession(ctx: CliContext, coord: Coordinator, id: string, firs
         // Between heartbeats, check only whether the master's process died: one /proc read.
         const m = await coord.master();
         const ms = m.sessionId ? await coord.store.getSession(m.sessionId) : null;
-        if (!ms || (ms.process && probeProcess(ms.process) === 'dead') || !coord.isAlive(ms)) report(await coord.ensureMaster());
+        if (!ms || (ms.process && probeProcess(ms.process) === 'dead') || !coord.isAlive(ms))
+          report(await coord.ensureMaster());
         else report(m);
       }
     } catch (e) {
@@ -121,7 +154,12 @@ export const leave: Run = async (ctx, v) => {
   const coord = await ctx.coordinator();
   const id = ctx.session();
   const r = await coord.leave(id, s(v.note) ?? '');
-  ctx.out(`${id} left; master is ${r.master.sessionId ?? 'nobody'} (epoch ${r.master.epoch})`, { session: id, left: true, master: r.master.sessionId, epoch: r.master.epoch });
+  ctx.out(`${id} left; master is ${r.master.sessionId ?? 'nobody'} (epoch ${r.master.epoch})`, {
+    session: id,
+    left: true,
+    master: r.master.sessionId,
+    epoch: r.master.epoch,
+  });
   return 0;
 };
 
@@ -129,10 +167,13 @@ export const heartbeat: Run = async (ctx) => {
   const coord = await ctx.coordinator();
   const id = ctx.session();
   const r = await coord.heartbeat(id);
-  ctx.out(
-    [describeRole(id, r.master), ...r.lostTasks.map((t) => `lost task ${t}: its lease lapsed`)],
-    { session: id, role: r.role, epoch: r.master.epoch, master: r.master.sessionId, lostTasks: r.lostTasks },
-  );
+  ctx.out([describeRole(id, r.master), ...r.lostTasks.map((t) => `lost task ${t}: its lease lapsed`)], {
+    session: id,
+    role: r.role,
+    epoch: r.master.epoch,
+    master: r.master.sessionId,
+    lostTasks: r.lostTasks,
+  });
   return 0;
 };
 
@@ -142,7 +183,13 @@ export const mode: Run = async (ctx, v, pos) => {
   const coord = await ctx.coordinator();
   const id = ctx.session();
   const r = await coord.setMode(id, m, s(v.note) ?? '');
-  ctx.out(describeRole(id, r.master), { session: id, mode: m, role: r.role, epoch: r.master.epoch, master: r.master.sessionId });
+  ctx.out(describeRole(id, r.master), {
+    session: id,
+    mode: m,
+    role: r.role,
+    epoch: r.master.epoch,
+    master: r.master.sessionId,
+  });
   return 0;
 };
 
@@ -154,6 +201,11 @@ export const handoff: Run = async (ctx, v) => {
     note: s(v.note),
     expectEpoch: s(v.epoch) ? parseIntFlag('epoch', s(v.epoch)!, 0, 2 ** 31) : undefined,
   });
-  ctx.out(`${id} handed over to ${m.sessionId} (epoch ${m.epoch})`, { from: id, to: m.sessionId, epoch: m.epoch, handoff: m.handoff });
+  ctx.out(`${id} handed over to ${m.sessionId} (epoch ${m.epoch})`, {
+    from: id,
+    to: m.sessionId,
+    epoch: m.epoch,
+    handoff: m.handoff,
+  });
   return 0;
 };

@@ -24,7 +24,9 @@ export function renderStatus(s: StatusSnapshot): string[] {
     for (const x of s.sessions) {
       const task = x.currentTask ? ` on ${x.currentTask.id} "${x.currentTask.title}"` : '';
       const caps = x.capabilities.length ? ` [${x.capabilities.join(', ')}]` : '';
-      out.push(`  ${x.id.padEnd(16)} ${x.role.padEnd(6)} ${x.status.padEnd(8)}${caps}${task} (heartbeat ${ago(x.heartbeatAgeMs)} ago)`);
+      out.push(
+        `  ${x.id.padEnd(16)} ${x.role.padEnd(6)} ${x.status.padEnd(8)}${caps}${task} (heartbeat ${ago(x.heartbeatAgeMs)} ago)`,
+      );
     }
   }
   out.push(...s.lines.slice(1).map((l) => (l.startsWith('Queue:') || l.startsWith('Locks:') ? l : `  ${l}`)));

@@ -26,7 +26,8 @@ function needId(pos: string[], usage: string): string {
 
 export const add: Run = async (ctx, v, pos) => {
   const title = pos.join(' ');
-  if (!title.trim()) throw invalidInput('a task needs a title', 'usage: flowloom task add TITLE [--prompt TEXT] ...');
+  if (!title.trim())
+    throw invalidInput('a task needs a title', 'usage: flowloom task add TITLE [--prompt TEXT] ...');
   const coord = await ctx.coordinator();
   const t = await coord.addTask(
     {
@@ -38,7 +39,9 @@ export const add: Run = async (ctx, v, pos) => {
       after: parseList(v.after as string[] | undefined),
       command: s(v.command) ?? null,
       resources: parseList(v.resources as string[] | undefined),
-      maxAttempts: s(v['max-attempts']) ? parseIntFlag('max-attempts', s(v['max-attempts'])!, 1, 100) : undefined,
+      maxAttempts: s(v['max-attempts'])
+        ? parseIntFlag('max-attempts', s(v['max-attempts'])!, 1, 100)
+        : undefined,
       timeoutMs: s(v.timeout) ? parseDuration('timeout', s(v.timeout)!) : null,
       to: s(v.to) ?? null,
     },
@@ -91,10 +94,14 @@ export const done: Run = async (ctx, v, pos) => {
   if (s(v.data)) {
     try {
       const parsed: unknown = JSON.parse(s(v.data)!);
-      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error('not an object');
+      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed))
+        throw new Error('not an object');
       data = parsed as Record<string, unknown>;
     } catch (e) {
-      throw invalidInput(`--data is not a JSON object (${(e as Error).message})`, 'e.g. --data \'{"passed":12}\'');
+      throw invalidInput(
+        `--data is not a JSON object (${(e as Error).message})`,
+        'e.g. --data \'{"passed":12}\'',
+      );
     }
   }
   const { coord, ref } = await leaseRef(ctx, v, id);
@@ -106,11 +113,14 @@ export const done: Run = async (ctx, v, pos) => {
 export const fail: Run = async (ctx, v, pos) => {
   const id = needId(pos, 'flowloom task fail ID --reason TEXT');
   const reason = s(v.reason);
-  if (!reason) throw invalidInput('--reason is required', 'say why the attempt failed: --reason "tests do not compile"');
+  if (!reason)
+    throw invalidInput('--reason is required', 'say why the attempt failed: --reason "tests do not compile"');
   const { coord, ref } = await leaseRef(ctx, v, id);
   const r = await coord.failTask(ref, reason, { retry: v['no-retry'] !== true });
   ctx.out(
-    r.state === 'failed' ? `${id} failed for good: ${reason}` : `${id} back in the queue (attempt ${r.task.attempts.length} failed: ${reason})`,
+    r.state === 'failed'
+      ? `${id} failed for good: ${reason}`
+      : `${id} back in the queue (attempt ${r.task.attempts.length} failed: ${reason})`,
     { task: r.task, state: r.state },
   );
   return 0;
@@ -119,11 +129,16 @@ export const fail: Run = async (ctx, v, pos) => {
 export const progress: Run = async (ctx, v, pos) => {
   const id = needId(pos, 'flowloom task progress ID TEXT');
   const text = pos.slice(1).join(' ').trim();
-  if (!text) throw invalidInput('no progress text', 'usage: flowloom task progress ID "3 tests failing in auth module"');
+  if (!text)
+    throw invalidInput(
+      'no progress text',
+      'usage: flowloom task progress ID "3 tests failing in auth module"',
+    );
   let fraction: number | null = null;
   if (s(v.fraction)) {
     fraction = Number(s(v.fraction));
-    if (!(fraction >= 0 && fraction <= 1)) throw invalidInput(`--fraction "${s(v.fraction)}" is not between 0 and 1`, 'e.g. --fraction 0.5');
+    if (!(fraction >= 0 && fraction <= 1))
+      throw invalidInput(`--fraction "${s(v.fraction)}" is not between 0 and 1`, 'e.g. --fraction 0.5');
   }
   const { coord, ref } = await leaseRef(ctx, v, id);
   await coord.reportProgress(ref, text, fraction);
@@ -142,7 +157,11 @@ export const release: Run = async (ctx, v, pos) => {
 export const cancel: Run = async (ctx, v, pos) => {
   const id = needId(pos, 'flowloom task cancel ID');
   const coord = await ctx.coordinator();
-  const t = await coord.cancelTask(id, { session: ctx.maybeSession(), expectEpoch: epochOf(v) }, s(v.reason) ?? 'cancelled');
+  const t = await coord.cancelTask(
+    id,
+    { session: ctx.maybeSession(), expectEpoch: epochOf(v) },
+    s(v.reason) ?? 'cancelled',
+  );
   ctx.out(`cancelled ${t.id} "${t.title}"`, { task: t, state: 'cancelled' });
   return 0;
 };
@@ -156,8 +175,11 @@ export const list: Run = async (ctx, v) => {
   const limit = s(v.limit) ? parseIntFlag('limit', s(v.limit)!, 1, 100_000) : 100;
   const states = st ? [st as TaskState] : TASK_STATES;
   const rows: { state: TaskState; task: TaskRecord }[] = [];
-  for (const state of states) for (const task of await coord.store.listTasks(state, { limit })) rows.push({ state, task });
-  ctx.out(rows.length ? rows.map((r) => oneLine(r.task, r.state)) : 'no tasks', { tasks: rows.map((r) => ({ ...r.task, state: r.state })) });
+  for (const state of states)
+    for (const task of await coord.store.listTasks(state, { limit })) rows.push({ state, task });
+  ctx.out(rows.length ? rows.map((r) => oneLine(r.task, r.state)) : 'no tasks', {
+    tasks: rows.map((r) => ({ ...r.task, state: r.state })),
+  });
   return 0;
 };
 
@@ -165,7 +187,10 @@ export const show: Run = async (ctx, _v, pos) => {
   const id = needId(pos, 'flowloom task show ID');
   const coord = await ctx.coordinator();
   const found = await coord.store.getTask(id);
-  if (!found) throw new FlowLoomError(ErrorCode.TASK_NOT_FOUND, `no task "${id}"`, { hint: 'see `flowloom task list` for ids' });
+  if (!found)
+    throw new FlowLoomError(ErrorCode.TASK_NOT_FOUND, `no task "${id}"`, {
+      hint: 'see `flowloom task list` for ids',
+    });
   const t = found.task;
   const lines = [oneLine(t, found.state)];
   if (t.prompt) lines.push(`prompt: ${t.prompt}`);
@@ -173,7 +198,8 @@ export const show: Run = async (ctx, _v, pos) => {
   if (t.resources.length) lines.push(`resources: ${t.resources.join(', ')}`);
   if (found.lease) lines.push(`held by ${found.lease.session} (token ${found.lease.token})`);
   if (t.progress) lines.push(`progress: ${t.progress.text}`);
-  for (const [i, a] of t.attempts.entries()) lines.push(`attempt ${i + 1}: ${a.session} ${a.outcome}${a.reason ? `: ${a.reason}` : ''}`);
+  for (const [i, a] of t.attempts.entries())
+    lines.push(`attempt ${i + 1}: ${a.session} ${a.outcome}${a.reason ? `: ${a.reason}` : ''}`);
   if (t.result) lines.push(`result: ${t.result.summary}`);
   if (t.finalReason) lines.push(`reason: ${t.finalReason}`);
   ctx.out(lines, { ...found });

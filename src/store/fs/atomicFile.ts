@@ -101,17 +101,23 @@ export function ensureDir(path: string): void {
 
 /** The errno code of a Node fs error, or undefined. */
 export function errno(e: unknown): string | undefined {
-  return typeof e === 'object' && e !== null && 'code' in e ? String((e as { code: unknown }).code) : undefined;
+  return typeof e === 'object' && e !== null && 'code' in e
+    ? String((e as { code: unknown }).code)
+    : undefined;
 }
 
 /** Turns an fs error into a FlowLoomError that says what the user can do; other errors pass through. */
 export function mapFsError(e: unknown, where: string): unknown {
   const code = errno(e);
   if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
-    return new FlowLoomError(ErrorCode.STORE_READ_ONLY, `cannot write to the state directory ${where} (${code})`, {
-      hint: 'make it writable by this user, or point FLOWLOOM_DIR / --dir at a writable directory',
-      cause: e,
-    });
+    return new FlowLoomError(
+      ErrorCode.STORE_READ_ONLY,
+      `cannot write to the state directory ${where} (${code})`,
+      {
+        hint: 'make it writable by this user, or point FLOWLOOM_DIR / --dir at a writable directory',
+        cause: e,
+      },
+    );
   }
   if (code === 'ENOSPC' || code === 'EDQUOT') {
     return new FlowLoomError(ErrorCode.STORE_READ_ONLY, `the disk holding ${where} is full (${code})`, {

@@ -31,7 +31,7 @@ import {
 } from 'node:fs';
 import { basename, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { z } from 'zod';
+import * as z from 'zod/mini';
 import type { Clock } from '../../core/clock.ts';
 import { ErrorCode, FlowLoomError, invalidInput } from '../../core/errors.ts';
 import type { EventInput, EventType, StoredEvent } from '../../core/types.ts';
@@ -59,11 +59,11 @@ const SEGMENT_RE = /^(\d{8,12})\.jsonl$/;
 /** One line as read back from disk. `type` is any string so events from newer versions are kept. */
 const eventLine = z.object({
   at: z.number(),
-  type: z.string().min(1),
+  type: z.string().check(z.minLength(1)),
   text: z.string(),
-  session: z.string().nullable().optional(),
-  task: z.string().nullable().optional(),
-  data: z.record(z.string(), z.unknown()).optional(),
+  session: z.optional(z.nullable(z.string())),
+  task: z.optional(z.nullable(z.string())),
+  data: z.optional(z.record(z.string(), z.unknown())),
 });
 
 export interface EventLogOptions {
