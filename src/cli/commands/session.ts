@@ -2,7 +2,12 @@ import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Coordinator } from '../../coordinator.ts';
 import { invalidInput } from '../../core/errors.ts';
-import { type MasterRecord, SESSION_MODES, type SessionMode } from '../../core/types.ts';
+import {
+  type MasterRecord,
+  type ProcessIdentity,
+  SESSION_MODES,
+  type SessionMode,
+} from '../../core/types.ts';
 import { currentProcessIdentity, probeProcess, readProcessIdentity } from '../../platform/processIdentity.ts';
 import { addToGitExclude } from '../../platform/stateDir.ts';
 import { parseDuration, parseIntFlag, parseList } from '../args.ts';
@@ -45,7 +50,7 @@ export const join_: Run = async (ctx, v) => {
   const coord = await ctx.coordinator({ create: true });
   const hold = v.hold === true;
   const pidFlag = s(v.pid);
-  let proc;
+  let proc: ProcessIdentity | null | undefined;
   if (pidFlag !== undefined || hold) {
     const pid =
       pidFlag === undefined || pidFlag === 'self'
