@@ -32,6 +32,12 @@ const PRIORITIES: Record<string, number> = { low: -100, normal: 0, high: 100, ur
 export function parsePriority(value: string): number {
   const named = PRIORITIES[value.trim().toLowerCase()];
   if (named !== undefined) return named;
+  if (!/^-?\d+$/.test(value.trim())) {
+    throw invalidInput(
+      `--priority "${value}" is not a priority`,
+      'use a whole number from -999 to 999, or low|normal|high|urgent',
+    );
+  }
   return parseIntFlag('priority', value, -999, 999);
 }
 

@@ -1,5 +1,5 @@
-import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import * as z from 'zod/mini';
 import type { Coordinator, CoordinatorConfig } from '../coordinator.ts';
 import { ErrorCode, FlowLoomError, invalidInput } from '../core/errors.ts';
@@ -20,6 +20,29 @@ const configSchema = z.object({
   keepFinished: z.optional(z.number().check(z.positive())),
   pollMs: z.optional(z.number().check(z.positive())),
 });
+
+/** Refuses a state directory path that is (or lies under) a regular file, before anything tries mkdir. */
+function assertDirectoryPath(dir: string): void {
+  for (let p = dir; ; p = dirname(p)) {
+    let st: ReturnType<typeof statSync>;
+    try {
+      st = statSync(p, { throwIfNoEntry: false });
+    } catch (e) {
+      // ENOTDIR: some ancestor is a file, found further up. Otherwise (EACCES) the store reports it.
+      if ((e as NodeJS.ErrnoException).code === 'ENOTDIR') continue;
+      return;
+    }
+    if (st === undefined) {
+      if (dirname(p) === p) return;
+      continue;
+    }
+    if (st.isDirectory()) return;
+    throw invalidInput(
+      `the state directory ${dir} cannot be used: ${p} is not a directory`,
+      'point --dir or FLOWLOOM_DIR at a directory',
+    );
+  }
+}
 
 /** Everything a command needs: flags shared by all commands, output, and the coordinator. */
 export class CliContext {
@@ -58,6 +81,7 @@ export class CliContext {
   async coordinator(opts: { create?: boolean } = {}): Promise<Coordinator> {
     if (this.coord) return this.coord;
     const dir = this.stateDir();
+    assertDirectoryPath(dir);
     assertLocalFilesystem(dir);
     const [{ FsStore }, { Coordinator }] = await Promise.all([
       import('../store/fs/fsStore.ts'),
@@ -67,7 +91,9 @@ export class CliContext {
     store.onProblem = (p) => {
       this.problems.push(p);
       process.stderr.write(
-        `flowloom: warning: set aside damaged file ${p.what} (${p.reason})${p.movedTo ? `; kept in ${p.movedTo}` : ''}\n`,
+        p.movedTo
+          ? `flowloom: warning: set aside damaged file ${p.what} (${p.reason}); kept in ${p.movedTo}\n`
+          : `flowloom: warning: ${p.what}: ${p.reason}\n`,
       );
     };
     await store.open({ create: opts.create ?? false });

@@ -47,7 +47,10 @@ function describeRole(id: string, master: MasterRecord): string {
 }
 
 export const join_: Run = async (ctx, v) => {
-  const coord = await ctx.coordinator({ create: true });
+  // Validate flags before opening the store: `create` makes the state directory, bad input must not.
+  const id = ctx.maybeSession();
+  const mode = parseMode(s(v.mode));
+  const ttlMs = s(v.ttl) ? parseDuration('ttl', s(v.ttl)!) : undefined;
   const hold = v.hold === true;
   const pidFlag = s(v.pid);
   let proc: ProcessIdentity | null | undefined;
@@ -71,18 +74,19 @@ export const join_: Run = async (ctx, v) => {
     if (i <= 0) throw invalidInput(`--meta "${kv}" is not KEY=VALUE`, 'e.g. --meta executor=shell');
     meta[kv.slice(0, i)] = kv.slice(i + 1);
   }
+  const coord = await ctx.coordinator({ create: true });
   const r = await coord.join({
-    id: ctx.maybeSession(),
-    mode: parseMode(s(v.mode)),
+    id,
+    mode,
     capabilities: v.capabilities === undefined ? undefined : parseList(v.capabilities as string[]),
     resources: v.resources === undefined ? undefined : parseList(v.resources as string[]),
     process: proc,
-    ttlMs: s(v.ttl) ? parseDuration('ttl', s(v.ttl)!) : undefined,
+    ttlMs,
     meta,
   });
-  const id = r.session.id;
+  const sid = r.session.id;
   const json = {
-    session: id,
+    session: sid,
     role: r.role,
     mode: r.session.mode,
     epoch: r.master.epoch,
@@ -90,12 +94,9 @@ export const join_: Run = async (ctx, v) => {
     rejoined: r.rejoined,
     handoff: r.role === 'master' ? r.master.handoff : null,
   };
-  ctx.out(
-    [describeRole(id, r.master), ...(ctx.maybeSession() ? [] : [`export FLOWLOOM_SESSION=${id}`])],
-    json,
-  );
+  ctx.out([describeRole(sid, r.master), ...(id ? [] : [`export FLOWLOOM_SESSION=${sid}`])], json);
   if (!hold) return 0;
-  return holdSession(ctx, coord, id, r.master);
+  return holdSession(ctx, coord, sid, r.master);
 };
 export { join_ as join };
 
