@@ -263,7 +263,8 @@ export class Coordinator {
     const pick = pickMaster(sessions.map((s) => this.candidate(s)), exclude);
     if (!pick) {
       if (cur === null || cur.sessionId === null) return null;
-      return { ...cur, sessionId: null, explicit: false, since: this.now(), reason: 'vacant', previous: cur.sessionId, handoff: null };
+      // A new epoch even without a master: a write the old master still makes with its epoch is refused.
+      return { ...cur, epoch: cur.epoch + 1, sessionId: null, explicit: false, since: this.now(), reason: 'vacant', previous: cur.sessionId, handoff: null };
     }
     if (cur?.sessionId === pick.id) return null;
     const reason: MasterChangeReason = cur?.sessionId ? 'failover' : 'join';
@@ -351,7 +352,9 @@ export class Coordinator {
     const lostTasks: string[] = [];
     for (const a of await this.store.listActive()) {
       if (a.lease.session !== id) continue;
-      if (!(await this.store.renewLease({ id: a.task.id, session: id, token: a.lease.token }))) lostTasks.push(a.task.id);
+      // A lapsed lease is lost even before the reaper ran: renewing it would revive a fenced holder.
+      const lapsed = this.now() > a.lease.renewedAt + a.lease.leaseMs;
+      if (lapsed || !(await this.store.renewLease({ id: a.task.id, session: id, token: a.lease.token }))) lostTasks.push(a.task.id);
     }
     await this.renewLocks(id);
     const master = await this.ensureMaster();
@@ -646,11 +649,13 @@ export class Coordinator {
 
   /** Extends the caller's lease on a task. */
   async renewTask(ref: LeaseRef): Promise<void> {
+    await this.leaseFor(ref.id, ref.session, ref.token);
     if (!(await this.store.renewLease(ref))) throw leaseExpired(ref.id, ref.session, 'its lease lapsed or was taken over');
   }
 
   /** Records progress on a held task (also renews the lease) and updates the agent's report. */
   async reportProgress(ref: LeaseRef, text: string, fraction: number | null = null): Promise<void> {
+    await this.leaseFor(ref.id, ref.session, ref.token);
     const report: Report = { text, at: this.now(), taskId: ref.id, fraction };
     if (!(await this.store.setProgress(ref, report))) throw leaseExpired(ref.id, ref.session, 'its lease lapsed or was taken over');
     const s = await this.store.getSession(ref.session);
@@ -660,6 +665,8 @@ export class Coordinator {
 
   /** Completes a held task with a result. Refused (LEASE_EXPIRED) when the lease lapsed: fencing. */
   async completeTask(ref: LeaseRef, result: TaskResult): Promise<TaskRecord> {
+    // The store fences by token only; a lease that lapsed before the reaper noticed is refused here.
+    await this.leaseFor(ref.id, ref.session, ref.token);
     const now = this.now();
     const done = await this.store.finishTask(ref, 'completed', (t) => ({
       ...t,
@@ -682,8 +689,7 @@ export class Coordinator {
 
   /** Fails the current attempt; the task retries until its attempts run out, then goes to failed. */
   async failTask(ref: LeaseRef, reason: string, opts: { retry?: boolean } = {}): Promise<{ task: TaskRecord; state: TaskState }> {
-    const active = (await this.store.listActive()).find((a) => a.task.id === ref.id && a.lease.token === ref.token);
-    if (!active) throw leaseExpired(ref.id, ref.session, 'its lease lapsed or was taken over');
+    const active = await this.leaseFor(ref.id, ref.session, ref.token);
     const out = await this.endAttempt(ref, active, 'failed', reason, opts.retry ?? true);
     if (!out) throw leaseExpired(ref.id, ref.session, 'its lease lapsed or was taken over');
     return out;
@@ -691,8 +697,8 @@ export class Coordinator {
 
   /** Gives a held task back to the queue without counting the attempt against it. */
   async releaseTask(ref: LeaseRef, reason = 'released'): Promise<void> {
-    const active = (await this.store.listActive()).find((a) => a.task.id === ref.id && a.lease.token === ref.token);
-    if (!active || !(await this.endAttempt(ref, active, 'released', reason))) {
+    const active = await this.leaseFor(ref.id, ref.session, ref.token);
+    if (!(await this.endAttempt(ref, active, 'released', reason))) {
       throw leaseExpired(ref.id, ref.session, 'its lease lapsed or was taken over');
     }
   }
@@ -1040,7 +1046,10 @@ export class Coordinator {
 
   /** The aggregated snapshot, rebuilt from the store. */
   async status(): Promise<StatusSnapshot> {
-    await this.reapIfDue();
+    // Status is a read: on a read-only directory it still answers, without reaping.
+    await this.reapIfDue().catch((e: unknown) => {
+      if (!(e instanceof FlowLoomError && e.code === ErrorCode.STORE_READ_ONLY)) throw e;
+    });
     const now = this.now();
     const [master, sessions, active, counts, pending, locks] = await Promise.all([
       this.master(),

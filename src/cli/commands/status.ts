@@ -36,7 +36,12 @@ export function renderStatus(s: StatusSnapshot): string[] {
 export const status: Run = async (ctx) => {
   const coord = await ctx.coordinator();
   const snap = await coord.status();
-  await coord.store.saveStatus?.(snap);
+  try {
+    await coord.store.saveStatus?.(snap);
+  } catch (e) {
+    // Reading the status must work on a read-only state directory; only the saved copy is skipped.
+    process.stderr.write(`flowloom: warning: status/current.json not updated: ${(e as Error).message}\n`);
+  }
   ctx.out(renderStatus(snap), snap);
   return 0;
 };
