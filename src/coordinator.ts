@@ -226,7 +226,12 @@ export class Coordinator {
       data: { mode, rank, capabilities: rec.capabilities },
     });
     const master = keepRank ? await this.ensureMaster() : await this.electOnJoin({ id, mode, rank });
-    return { session: rec, role: master.sessionId === id ? 'master' : 'agent', master, rejoined: existing !== null };
+    return {
+      session: rec,
+      role: master.sessionId === id ? 'master' : 'agent',
+      master,
+      rejoined: existing !== null,
+    };
   }
 
   /** Applies the rule for a session that joined or changed mode. */
@@ -260,11 +265,23 @@ export class Coordinator {
   /** The record that replaces a dead or missing master; null when nothing changes. */
   private async failoverRecord(cur: MasterRecord | null, exclude: Set<string>): Promise<MasterRecord | null> {
     const sessions = await this.store.listSessions();
-    const pick = pickMaster(sessions.map((s) => this.candidate(s)), exclude);
+    const pick = pickMaster(
+      sessions.map((s) => this.candidate(s)),
+      exclude,
+    );
     if (!pick) {
       if (cur === null || cur.sessionId === null) return null;
       // A new epoch even without a master: a write the old master still makes with its epoch is refused.
-      return { ...cur, epoch: cur.epoch + 1, sessionId: null, explicit: false, since: this.now(), reason: 'vacant', previous: cur.sessionId, handoff: null };
+      return {
+        ...cur,
+        epoch: cur.epoch + 1,
+        sessionId: null,
+        explicit: false,
+        since: this.now(),
+        reason: 'vacant',
+        previous: cur.sessionId,
+        handoff: null,
+      };
     }
     if (cur?.sessionId === pick.id) return null;
     const reason: MasterChangeReason = cur?.sessionId ? 'failover' : 'join';
@@ -286,14 +303,24 @@ export class Coordinator {
     const from = cur?.sessionId ?? null;
     const handoff: HandoffNote | null =
       from === null && note === '' ? null : { from, to, note, summary: await this.summarize(), at };
-    return { epoch: (cur?.epoch ?? 0) + 1, sessionId: to, explicit, since: at, reason, previous: from, handoff };
+    return {
+      epoch: (cur?.epoch ?? 0) + 1,
+      sessionId: to,
+      explicit,
+      since: at,
+      reason,
+      previous: from,
+      handoff,
+    };
   }
 
   /**
    * Compare-and-set loop on the master register. `decide` sees the current record and returns the
    * next one, or null for no change. At most one writer wins per version, so at most one master per epoch.
    */
-  private async changeMaster(decide: (cur: MasterRecord | null) => Promise<MasterRecord | null>): Promise<MasterRecord> {
+  private async changeMaster(
+    decide: (cur: MasterRecord | null) => Promise<MasterRecord | null>,
+  ): Promise<MasterRecord> {
     for (let i = 0; i < MAX_CAS_RETRIES; i++) {
       const cur = await this.store.readRegister<MasterRecord>('master');
       const next = await decide(cur?.value ?? null);
@@ -307,13 +334,20 @@ export class Coordinator {
               next.sessionId === null
                 ? 'no master: no session is alive'
                 : `${next.sessionId} is master (epoch ${next.epoch}, ${describeReason(next)})`,
-            data: { epoch: next.epoch, reason: next.reason, previous: next.previous, explicit: next.explicit },
+            data: {
+              epoch: next.epoch,
+              reason: next.reason,
+              previous: next.previous,
+              explicit: next.explicit,
+            },
           });
         }
         return next;
       }
     }
-    throw new FlowLoomError(ErrorCode.CONFLICT, 'the master register kept changing under contention', { hint: 'try again' });
+    throw new FlowLoomError(ErrorCode.CONFLICT, 'the master register kept changing under contention', {
+      hint: 'try again',
+    });
   }
 
   /** The current master record (a vacant one when nobody ever joined). */
@@ -328,7 +362,10 @@ export class Coordinator {
       throw new FlowLoomError(
         ErrorCode.STALE_EPOCH,
         `write refused: it carries epoch ${ctx.expectEpoch} but the current epoch is ${m.epoch} (master ${m.sessionId ?? 'none'})`,
-        { hint: 'this session is no longer master; run `flowloom status` to see who is', details: { epoch: m.epoch } },
+        {
+          hint: 'this session is no longer master; run `flowloom status` to see who is',
+          details: { epoch: m.epoch },
+        },
       );
     }
     return m;
@@ -354,7 +391,8 @@ export class Coordinator {
       if (a.lease.session !== id) continue;
       // A lapsed lease is lost even before the reaper ran: renewing it would revive a fenced holder.
       const lapsed = this.now() > a.lease.renewedAt + a.lease.leaseMs;
-      if (lapsed || !(await this.store.renewLease({ id: a.task.id, session: id, token: a.lease.token }))) lostTasks.push(a.task.id);
+      if (lapsed || !(await this.store.renewLease({ id: a.task.id, session: id, token: a.lease.token })))
+        lostTasks.push(a.task.id);
     }
     await this.renewLocks(id);
     const master = await this.ensureMaster();
@@ -366,7 +404,12 @@ export class Coordinator {
     const s = await this.requireSession(id);
     for (const a of await this.store.listActive()) {
       if (a.lease.session === id) {
-        await this.endAttempt({ id: a.task.id, session: id, token: a.lease.token }, a, 'released', `${id} left`);
+        await this.endAttempt(
+          { id: a.task.id, session: id, token: a.lease.token },
+          a,
+          'released',
+          `${id} left`,
+        );
       }
     }
     await this.releaseLocks(id, {});
@@ -376,7 +419,11 @@ export class Coordinator {
       if (cur?.sessionId !== id) return null;
       const next = await this.failoverRecord(cur, new Set([id]));
       if (next && next.sessionId !== null) {
-        return { ...next, reason: 'leave', handoff: { ...(next.handoff ?? emptyHandoff(id, next.sessionId, this.now())), note } };
+        return {
+          ...next,
+          reason: 'leave',
+          handoff: { ...(next.handoff ?? emptyHandoff(id, next.sessionId, this.now())), note },
+        };
       }
       return next;
     });
@@ -389,14 +436,23 @@ export class Coordinator {
     const s = await this.requireSession(id);
     const rank = await this.nextRank();
     await this.store.putSession({ ...stripView(s), mode, rank });
-    await this.emit({ type: 'session.mode', session: id, text: `${id} switched to ${mode} mode`, data: { mode } });
+    await this.emit({
+      type: 'session.mode',
+      session: id,
+      text: `${id} switched to ${mode} mode`,
+      data: { mode },
+    });
     let master: MasterRecord;
     if (mode === 'agent') {
       master = await this.changeMaster(async (cur) => {
         if (cur?.sessionId !== id) return null;
         const next = await this.failoverRecord(cur, new Set([id]));
         if (next === null || next.sessionId === null) return null; // nobody else: stay master
-        return { ...next, reason: 'step-down', handoff: { ...(next.handoff ?? emptyHandoff(id, next.sessionId, this.now())), note } };
+        return {
+          ...next,
+          reason: 'step-down',
+          handoff: { ...(next.handoff ?? emptyHandoff(id, next.sessionId, this.now())), note },
+        };
       });
     } else if (mode === 'auto') {
       // Clearing an explicit claim does not grab or drop mastership; it only makes it implicit.
@@ -413,31 +469,49 @@ export class Coordinator {
   }
 
   /** Moves mastership from the current master to `to` (or the best live session) with a note. */
-  async handoff(from: string, opts: { to?: string | undefined; note?: string | undefined; expectEpoch?: number | undefined } = {}): Promise<MasterRecord> {
+  async handoff(
+    from: string,
+    opts: { to?: string | undefined; note?: string | undefined; expectEpoch?: number | undefined } = {},
+  ): Promise<MasterRecord> {
     await this.requireSession(from);
     if (opts.to !== undefined) {
       const target = await this.requireSession(opts.to);
       if (!this.isAlive(target)) {
-        throw new FlowLoomError(ErrorCode.INVALID_INPUT, `session "${opts.to}" is offline and cannot take over`, {
-          hint: 'hand off to a live session (see `flowloom status`)',
-        });
+        throw new FlowLoomError(
+          ErrorCode.INVALID_INPUT,
+          `session "${opts.to}" is offline and cannot take over`,
+          {
+            hint: 'hand off to a live session (see `flowloom status`)',
+          },
+        );
       }
     }
     return this.changeMaster(async (cur) => {
       if (opts.expectEpoch !== undefined && cur && cur.epoch !== opts.expectEpoch) {
-        throw new FlowLoomError(ErrorCode.STALE_EPOCH, `handoff refused: epoch ${opts.expectEpoch} is stale (now ${cur.epoch})`, {
-          hint: 'this session is no longer master',
-        });
+        throw new FlowLoomError(
+          ErrorCode.STALE_EPOCH,
+          `handoff refused: epoch ${opts.expectEpoch} is stale (now ${cur.epoch})`,
+          {
+            hint: 'this session is no longer master',
+          },
+        );
       }
       if (cur?.sessionId !== from) {
-        throw new FlowLoomError(ErrorCode.NOT_MASTER, `${from} is not the master (the master is ${cur?.sessionId ?? 'nobody'})`, {
-          hint: 'only the master can hand off',
-        });
+        throw new FlowLoomError(
+          ErrorCode.NOT_MASTER,
+          `${from} is not the master (the master is ${cur?.sessionId ?? 'nobody'})`,
+          {
+            hint: 'only the master can hand off',
+          },
+        );
       }
       let to = opts.to;
       if (to === undefined) {
         const sessions = await this.store.listSessions();
-        to = pickMaster(sessions.map((s) => this.candidate(s)), new Set([from]))?.id;
+        to = pickMaster(
+          sessions.map((s) => this.candidate(s)),
+          new Set([from]),
+        )?.id;
         if (to === undefined) {
           throw new FlowLoomError(ErrorCode.NOTHING_AVAILABLE, 'no other live session to hand off to', {
             hint: 'start another session first, or name one with --to',
@@ -453,7 +527,9 @@ export class Coordinator {
   async setStatus(id: string, status: StoredAgentStatus, reportText?: string): Promise<void> {
     const s = await this.requireSession(id);
     const report: Report | null =
-      reportText === undefined ? s.report : { text: reportText, at: this.now(), taskId: s.currentTask, fraction: null };
+      reportText === undefined
+        ? s.report
+        : { text: reportText, at: this.now(), taskId: s.currentTask, fraction: null };
     await this.store.putSession({ ...stripView(s), status, report });
     await this.emit({
       type: 'session.status',
@@ -474,13 +550,29 @@ export class Coordinator {
     const live = sessions.filter((s) => this.isAlive(s));
     const parts: string[] = [];
     parts.push(
-      `Open tasks: ${pending.length} pending${pending.length ? ` (${pending.slice(0, 5).map((t) => `${t.id} "${t.title}"`).join(', ')}${pending.length > 5 ? ', ...' : ''})` : ''}, ${active.length} active${active.length ? ` (${active.slice(0, 5).map((a) => `${a.task.id} by ${a.lease.session}`).join(', ')})` : ''}.`,
+      `Open tasks: ${pending.length} pending${
+        pending.length
+          ? ` (${pending
+              .slice(0, 5)
+              .map((t) => `${t.id} "${t.title}"`)
+              .join(', ')}${pending.length > 5 ? ', ...' : ''})`
+          : ''
+      }, ${active.length} active${
+        active.length
+          ? ` (${active
+              .slice(0, 5)
+              .map((a) => `${a.task.id} by ${a.lease.session}`)
+              .join(', ')})`
+          : ''
+      }.`,
     );
     parts.push(
       `Agents: ${live.length ? live.map((s) => `${s.id} ${active.some((a) => a.lease.session === s.id) ? 'busy' : s.status}`).join(', ') : 'none alive'}.`,
     );
     const locks = table?.value.locks ?? [];
-    parts.push(`Locks: ${locks.length ? locks.map((l) => `${l.resource} held by ${l.session}`).join(', ') : 'none'}.`);
+    parts.push(
+      `Locks: ${locks.length ? locks.map((l) => `${l.resource} held by ${l.session}`).join(', ') : 'none'}.`,
+    );
     return parts.join(' ');
   }
 
@@ -490,13 +582,25 @@ export class Coordinator {
   async addTask(input: AddTaskInput, ctx: WriteContext = {}): Promise<TaskRecord> {
     await this.checkEpoch(ctx);
     const title = input.title.trim();
-    if (!title) throw invalidInput('a task needs a title', 'pass a short title, e.g. `flowloom task add "run tests"`');
-    if (title.length > 500) throw invalidInput(`task title is ${title.length} characters long`, 'keep it under 500 and put details in --prompt');
+    if (!title)
+      throw invalidInput('a task needs a title', 'pass a short title, e.g. `flowloom task add "run tests"`');
+    if (title.length > 500)
+      throw invalidInput(
+        `task title is ${title.length} characters long`,
+        'keep it under 500 and put details in --prompt',
+      );
     const prompt = input.prompt ?? '';
-    if (prompt.length > 100_000) throw invalidInput(`task prompt is ${prompt.length} characters long`, 'keep it under 100000 characters');
+    if (prompt.length > 100_000)
+      throw invalidInput(
+        `task prompt is ${prompt.length} characters long`,
+        'keep it under 100000 characters',
+      );
     const priority = input.priority ?? 0;
     if (!Number.isInteger(priority) || priority < -999 || priority > 999) {
-      throw invalidInput(`priority ${priority} is out of range`, 'use a whole number from -999 to 999, or low|normal|high|urgent');
+      throw invalidInput(
+        `priority ${priority} is out of range`,
+        'use a whole number from -999 to 999, or low|normal|high|urgent',
+      );
     }
     const maxAttempts = input.maxAttempts ?? this.config.maxAttempts;
     if (!Number.isInteger(maxAttempts) || maxAttempts < 1 || maxAttempts > 100) {
@@ -507,9 +611,13 @@ export class Coordinator {
       const states = await this.store.taskStates(after);
       const missing = after.filter((d) => states.get(d) === null);
       if (missing.length) {
-        throw new FlowLoomError(ErrorCode.TASK_NOT_FOUND, `dependency ${missing.map((m) => `"${m}"`).join(', ')} does not exist`, {
-          hint: 'pass ids of existing tasks to --after (see `flowloom task list`)',
-        });
+        throw new FlowLoomError(
+          ErrorCode.TASK_NOT_FOUND,
+          `dependency ${missing.map((m) => `"${m}"`).join(', ')} does not exist`,
+          {
+            hint: 'pass ids of existing tasks to --after (see `flowloom task list`)',
+          },
+        );
       }
     }
     const id = input.id === undefined ? newTaskId() : validateId('task', input.id);
@@ -607,8 +715,18 @@ export class Coordinator {
 
   private async failPendingForDependency(t: TaskRecord, dep: string, state: TaskState): Promise<void> {
     const reason = `dependency ${dep} ${state}`;
-    const moved = await this.store.movePending(t.id, 'failed', (x) => ({ ...x, finalReason: reason, finishedAt: this.now() }));
-    if (moved) await this.emit({ type: 'task.failed', task: t.id, text: `${t.id} "${t.title}" failed: ${reason}`, data: { reason } });
+    const moved = await this.store.movePending(t.id, 'failed', (x) => ({
+      ...x,
+      finalReason: reason,
+      finishedAt: this.now(),
+    }));
+    if (moved)
+      await this.emit({
+        type: 'task.failed',
+        task: t.id,
+        text: `${t.id} "${t.title}" failed: ${reason}`,
+        data: { reason },
+      });
   }
 
   /** Waits for a change in an area (file events) or until `ms` passed. */
@@ -633,7 +751,11 @@ export class Coordinator {
   async leaseFor(taskId: string, sessionId: string, token?: string): Promise<ActiveTask> {
     validateId('task', taskId);
     const active = (await this.store.listActive()).find((a) => a.task.id === taskId);
-    if (active && active.lease.session === sessionId && (token === undefined || token === active.lease.token)) {
+    if (
+      active &&
+      active.lease.session === sessionId &&
+      (token === undefined || token === active.lease.token)
+    ) {
       if (this.now() > active.lease.renewedAt + active.lease.leaseMs) {
         throw leaseExpired(taskId, sessionId, 'its lease lapsed');
       }
@@ -641,26 +763,41 @@ export class Coordinator {
     }
     const found = active ? { state: 'active' as const } : await this.store.getTask(taskId);
     if (!found) {
-      throw new FlowLoomError(ErrorCode.TASK_NOT_FOUND, `no task "${taskId}"`, { hint: 'see `flowloom task list` for ids' });
+      throw new FlowLoomError(ErrorCode.TASK_NOT_FOUND, `no task "${taskId}"`, {
+        hint: 'see `flowloom task list` for ids',
+      });
     }
-    if (active) throw leaseExpired(taskId, sessionId, `it is held by ${active.lease.session}${token ? ' or under another lease' : ''}`);
+    if (active)
+      throw leaseExpired(
+        taskId,
+        sessionId,
+        `it is held by ${active.lease.session}${token ? ' or under another lease' : ''}`,
+      );
     throw leaseExpired(taskId, sessionId, `it is ${found.state}`);
   }
 
   /** Extends the caller's lease on a task. */
   async renewTask(ref: LeaseRef): Promise<void> {
     await this.leaseFor(ref.id, ref.session, ref.token);
-    if (!(await this.store.renewLease(ref))) throw leaseExpired(ref.id, ref.session, 'its lease lapsed or was taken over');
+    if (!(await this.store.renewLease(ref)))
+      throw leaseExpired(ref.id, ref.session, 'its lease lapsed or was taken over');
   }
 
   /** Records progress on a held task (also renews the lease) and updates the agent's report. */
   async reportProgress(ref: LeaseRef, text: string, fraction: number | null = null): Promise<void> {
     await this.leaseFor(ref.id, ref.session, ref.token);
     const report: Report = { text, at: this.now(), taskId: ref.id, fraction };
-    if (!(await this.store.setProgress(ref, report))) throw leaseExpired(ref.id, ref.session, 'its lease lapsed or was taken over');
+    if (!(await this.store.setProgress(ref, report)))
+      throw leaseExpired(ref.id, ref.session, 'its lease lapsed or was taken over');
     const s = await this.store.getSession(ref.session);
     if (s) await this.store.putSession({ ...stripView(s), report, status: 'busy', currentTask: ref.id });
-    await this.emit({ type: 'task.progress', session: ref.session, task: ref.id, text: `${ref.session} reports: ${text}`, data: { fraction } });
+    await this.emit({
+      type: 'task.progress',
+      session: ref.session,
+      task: ref.id,
+      text: `${ref.session} reports: ${text}`,
+      data: { fraction },
+    });
   }
 
   /** Completes a held task with a result. Refused (LEASE_EXPIRED) when the lease lapsed: fencing. */
@@ -688,7 +825,11 @@ export class Coordinator {
   }
 
   /** Fails the current attempt; the task retries until its attempts run out, then goes to failed. */
-  async failTask(ref: LeaseRef, reason: string, opts: { retry?: boolean } = {}): Promise<{ task: TaskRecord; state: TaskState }> {
+  async failTask(
+    ref: LeaseRef,
+    reason: string,
+    opts: { retry?: boolean } = {},
+  ): Promise<{ task: TaskRecord; state: TaskState }> {
     const active = await this.leaseFor(ref.id, ref.session, ref.token);
     const out = await this.endAttempt(ref, active, 'failed', reason, opts.retry ?? true);
     if (!out) throw leaseExpired(ref.id, ref.session, 'its lease lapsed or was taken over');
@@ -749,7 +890,8 @@ export class Coordinator {
   private async afterFinish(ref: LeaseRef): Promise<void> {
     await this.releaseLocks(ref.session, { taskId: ref.id }).catch(() => undefined);
     const s = await this.store.getSession(ref.session);
-    if (s && s.currentTask === ref.id) await this.store.putSession({ ...stripView(s), currentTask: null, status: 'idle' });
+    if (s && s.currentTask === ref.id)
+      await this.store.putSession({ ...stripView(s), currentTask: null, status: 'idle' });
   }
 
   /** Cancels a pending or active task. */
@@ -757,7 +899,11 @@ export class Coordinator {
     await this.checkEpoch(ctx);
     validateId('task', id);
     const why = ctx.session ? `${reason} by ${ctx.session}` : reason;
-    const moved = await this.store.movePending(id, 'cancelled', (t) => ({ ...t, finalReason: why, finishedAt: this.now() }));
+    const moved = await this.store.movePending(id, 'cancelled', (t) => ({
+      ...t,
+      finalReason: why,
+      finishedAt: this.now(),
+    }));
     let task = moved;
     if (!task) {
       const active = (await this.store.listActive()).find((a) => a.task.id === id);
@@ -775,10 +921,20 @@ export class Coordinator {
     }
     if (!task) {
       const found = await this.store.getTask(id);
-      if (!found) throw new FlowLoomError(ErrorCode.TASK_NOT_FOUND, `no task "${id}"`, { hint: 'see `flowloom task list` for ids' });
-      throw new FlowLoomError(ErrorCode.TASK_STATE, `task ${id} is already ${found.state}`, { hint: 'only pending or active tasks can be cancelled' });
+      if (!found)
+        throw new FlowLoomError(ErrorCode.TASK_NOT_FOUND, `no task "${id}"`, {
+          hint: 'see `flowloom task list` for ids',
+        });
+      throw new FlowLoomError(ErrorCode.TASK_STATE, `task ${id} is already ${found.state}`, {
+        hint: 'only pending or active tasks can be cancelled',
+      });
     }
-    await this.emit({ type: 'task.cancelled', session: ctx.session ?? null, task: id, text: `${id} "${task.title}" ${why}` });
+    await this.emit({
+      type: 'task.cancelled',
+      session: ctx.session ?? null,
+      task: id,
+      text: `${id} "${task.title}" ${why}`,
+    });
     return task;
   }
 
@@ -801,7 +957,9 @@ export class Coordinator {
         let reason = '';
         if (this.isProvablyDead(holder)) {
           outcome = 'holder-died';
-          reason = holder ? `holder ${a.lease.session} died (pid ${holder.process?.pid})` : `holder ${a.lease.session} left`;
+          reason = holder
+            ? `holder ${a.lease.session} died (pid ${holder.process?.pid})`
+            : `holder ${a.lease.session} left`;
         } else if (now > a.lease.renewedAt + a.lease.leaseMs) {
           outcome = 'lapsed';
           reason = `lease of ${a.lease.session} lapsed (${Math.round((now - a.lease.renewedAt) / 1000)} s without renewal)`;
@@ -817,12 +975,18 @@ export class Coordinator {
     }
     const freedLocks = await this.pruneLocks();
     await this.ensureMaster();
-    const recover = (this.store as { recoverInterrupted?: (ms: number) => Promise<number> }).recoverInterrupted;
+    const recover = (this.store as { recoverInterrupted?: (ms: number) => Promise<number> })
+      .recoverInterrupted;
     if (recover) await recover.call(this.store, 10_000);
     if (this.now() - this.lastCompactAt > 10_000) {
       this.lastCompactAt = this.now();
       const n = await this.store.compact({ keep: this.config.keepFinished });
-      if (n > 0) await this.emit({ type: 'tasks.compacted', text: `archived ${n} finished tasks`, data: { archived: n } });
+      if (n > 0)
+        await this.emit({
+          type: 'tasks.compacted',
+          text: `archived ${n} finished tasks`,
+          data: { archived: n },
+        });
     }
     return { requeued, failed, freedLocks };
   }
@@ -840,7 +1004,8 @@ export class Coordinator {
    */
   async acquireLocks(sessionId: string, resources: string[], opts: LockOptions = {}): Promise<LockRecord[]> {
     await this.requireSession(sessionId);
-    if (resources.length === 0) throw invalidInput('no resource to lock', 'name at least one, e.g. `file:src/app.ts` or `git`');
+    if (resources.length === 0)
+      throw invalidInput('no resource to lock', 'name at least one, e.g. `file:src/app.ts` or `git`');
     const wanted = [...new Set(resources.map((r) => normalizeResource(r)))];
     const leaseMs = opts.leaseMs ?? this.config.lockLeaseMs;
     const taskId = opts.taskId ?? null;
@@ -848,7 +1013,15 @@ export class Coordinator {
     let ticket: number | null = null;
     try {
       for (;;) {
-        const r = await this.tryAcquire(sessionId, wanted, leaseMs, taskId, opts.note ?? '', ticket, (opts.waitMs ?? 0) > 0);
+        const r = await this.tryAcquire(
+          sessionId,
+          wanted,
+          leaseMs,
+          taskId,
+          opts.note ?? '',
+          ticket,
+          (opts.waitMs ?? 0) > 0,
+        );
         if (r.granted) {
           ticket = null;
           for (const l of r.granted) {
@@ -866,14 +1039,26 @@ export class Coordinator {
         const remaining = deadline - this.now();
         if (remaining <= 0 || opts.signal?.aborted) {
           const b = r.blocker;
-          const holder = b ? `${b.resource} is held by ${b.session}${b.taskId ? ` (task ${b.taskId})` : ''} since ${new Date(b.acquiredAt).toISOString()}` : 'an earlier waiter is queued';
+          const holder = b
+            ? `${b.resource} is held by ${b.session}${b.taskId ? ` (task ${b.taskId})` : ''} since ${new Date(b.acquiredAt).toISOString()}`
+            : 'an earlier waiter is queued';
           throw new FlowLoomError(
             (opts.waitMs ?? 0) > 0 ? ErrorCode.TIMEOUT : ErrorCode.LOCK_HELD,
             `cannot lock ${wanted.join(', ')}: ${holder}`,
-            { hint: (opts.waitMs ?? 0) > 0 ? 'wait longer (--wait) or ask the holder to release it' : 'retry later, or pass --wait SECONDS to queue for it', details: { holder: b?.session ?? null, resource: b?.resource ?? null } },
+            {
+              hint:
+                (opts.waitMs ?? 0) > 0
+                  ? 'wait longer (--wait) or ask the holder to release it'
+                  : 'retry later, or pass --wait SECONDS to queue for it',
+              details: { holder: b?.session ?? null, resource: b?.resource ?? null },
+            },
           );
         }
-        await this.waitForChange('locks', Math.min(remaining, this.config.pollMs, Math.max(50, leaseMs / 3)), opts.signal);
+        await this.waitForChange(
+          'locks',
+          Math.min(remaining, this.config.pollMs, Math.max(50, leaseMs / 3)),
+          opts.signal,
+        );
       }
     } finally {
       if (ticket !== null) await this.dropWaiter(ticket).catch(() => undefined);
@@ -888,15 +1073,23 @@ export class Coordinator {
     note: string,
     ticket: number | null,
     queue: boolean,
-  ): Promise<{ granted: LockRecord[]; ticket: null; blocker: null } | { granted: null; ticket: number | null; blocker: LockRecord | null }> {
+  ): Promise<
+    | { granted: LockRecord[]; ticket: null; blocker: null }
+    | { granted: null; ticket: number | null; blocker: LockRecord | null }
+  > {
     for (let i = 0; i < MAX_CAS_RETRIES; i++) {
       const cur = await this.store.readRegister<LockTable>('locks');
       const table = await this.pruned(cur?.value ?? emptyLockTable());
       const now = this.now();
-      const mine = (l: { session: string; taskId?: string | null }) => l.session === sessionId && (l.taskId ?? null) === taskId;
-      const blocker = table.locks.find((l) => !mine(l) && wanted.some((w) => resourcesOverlap(w, l.resource))) ?? null;
+      const mine = (l: { session: string; taskId?: string | null }) =>
+        l.session === sessionId && (l.taskId ?? null) === taskId;
+      const blocker =
+        table.locks.find((l) => !mine(l) && wanted.some((w) => resourcesOverlap(w, l.resource))) ?? null;
       const earlier = table.waiters.find(
-        (w) => (ticket === null || w.ticket < ticket) && w.session !== sessionId && w.resources.some((r) => wanted.some((x) => resourcesOverlap(r, x))),
+        (w) =>
+          (ticket === null || w.ticket < ticket) &&
+          w.session !== sessionId &&
+          w.resources.some((r) => wanted.some((x) => resourcesOverlap(r, x))),
       );
       let next: LockTable;
       let granted: LockRecord[] | null = null;
@@ -912,7 +1105,15 @@ export class Coordinator {
             locks[existing] = renewed;
             granted.push(renewed);
           } else {
-            const rec: LockRecord = { resource: w, session: sessionId, token: nextToken++, acquiredAt: now, expiresAt: now + leaseMs, taskId, note };
+            const rec: LockRecord = {
+              resource: w,
+              session: sessionId,
+              token: nextToken++,
+              acquiredAt: now,
+              expiresAt: now + leaseMs,
+              taskId,
+              note,
+            };
             locks.push(rec);
             granted.push(rec);
           }
@@ -921,12 +1122,36 @@ export class Coordinator {
       } else if (queue) {
         if (myTicket === null) {
           myTicket = table.nextToken;
-          next = { ...table, nextToken: table.nextToken + 1, waiters: [...table.waiters, { ticket: myTicket, session: sessionId, resources: wanted, expiresAt: now + Math.max(leaseMs, 5_000) }] };
+          next = {
+            ...table,
+            nextToken: table.nextToken + 1,
+            waiters: [
+              ...table.waiters,
+              {
+                ticket: myTicket,
+                session: sessionId,
+                resources: wanted,
+                expiresAt: now + Math.max(leaseMs, 5_000),
+              },
+            ],
+          };
         } else {
           const w = table.waiters.find((x) => x.ticket === myTicket);
-          if (w && w.expiresAt - now > Math.max(leaseMs, 5_000) / 2) return { granted: null, ticket: myTicket, blocker };
+          if (w && w.expiresAt - now > Math.max(leaseMs, 5_000) / 2)
+            return { granted: null, ticket: myTicket, blocker };
           const others = table.waiters.filter((x) => x.ticket !== myTicket);
-          next = { ...table, waiters: [...others, { ticket: myTicket, session: sessionId, resources: wanted, expiresAt: now + Math.max(leaseMs, 5_000) }].sort((a, b) => a.ticket - b.ticket) };
+          next = {
+            ...table,
+            waiters: [
+              ...others,
+              {
+                ticket: myTicket,
+                session: sessionId,
+                resources: wanted,
+                expiresAt: now + Math.max(leaseMs, 5_000),
+              },
+            ].sort((a, b) => a.ticket - b.ticket),
+          };
         }
       } else {
         return { granted: null, ticket: null, blocker: blocker ?? null };
@@ -936,7 +1161,9 @@ export class Coordinator {
         return { granted: null, ticket: myTicket, blocker };
       }
     }
-    throw new FlowLoomError(ErrorCode.CONFLICT, 'the lock table kept changing under contention', { hint: 'try again' });
+    throw new FlowLoomError(ErrorCode.CONFLICT, 'the lock table kept changing under contention', {
+      hint: 'try again',
+    });
   }
 
   /** The lock table without locks and waiters of dead or lapsed holders. */
@@ -963,7 +1190,13 @@ export class Coordinator {
     for (let i = 0; i < MAX_CAS_RETRIES; i++) {
       const cur = await this.store.readRegister<LockTable>('locks');
       if (!cur || !cur.value.waiters.some((w) => w.ticket === ticket)) return;
-      if (await this.store.writeRegister('locks', cur.version, { ...cur.value, waiters: cur.value.waiters.filter((w) => w.ticket !== ticket) })) return;
+      if (
+        await this.store.writeRegister('locks', cur.version, {
+          ...cur.value,
+          waiters: cur.value.waiters.filter((w) => w.ticket !== ticket),
+        })
+      )
+        return;
     }
   }
 
@@ -977,7 +1210,12 @@ export class Coordinator {
       if (freed.length === 0 && table.waiters.length === cur.value.waiters.length) return 0;
       if (await this.store.writeRegister('locks', cur.version, table)) {
         for (const l of freed) {
-          await this.emit({ type: 'lock.freed', session: l.session, text: `${l.resource} freed: holder ${l.session} is gone or its lease lapsed`, data: { resource: l.resource, token: l.token } });
+          await this.emit({
+            type: 'lock.freed',
+            session: l.session,
+            text: `${l.resource} freed: holder ${l.session} is gone or its lease lapsed`,
+            data: { resource: l.resource, token: l.token },
+          });
         }
         return freed.length;
       }
@@ -1006,21 +1244,38 @@ export class Coordinator {
       if (names) {
         const missing = names.filter((n) => !released.some((l) => l.resource === n));
         if (missing.length) {
-          throw new FlowLoomError(ErrorCode.LEASE_EXPIRED, `${sessionId} does not hold ${missing.join(', ')}${which.token !== undefined ? ` under token ${which.token}` : ''}`, {
-            hint: 'the lock lapsed, was freed or was never taken; see `flowloom lock list`',
-          });
+          throw new FlowLoomError(
+            ErrorCode.LEASE_EXPIRED,
+            `${sessionId} does not hold ${missing.join(', ')}${which.token !== undefined ? ` under token ${which.token}` : ''}`,
+            {
+              hint: 'the lock lapsed, was freed or was never taken; see `flowloom lock list`',
+            },
+          );
         }
       }
       if (released.length === 0) return [];
       if (!cur) return [];
-      if (await this.store.writeRegister('locks', cur.version, { ...table, locks: table.locks.filter((l) => !match(l)) })) {
+      if (
+        await this.store.writeRegister('locks', cur.version, {
+          ...table,
+          locks: table.locks.filter((l) => !match(l)),
+        })
+      ) {
         for (const l of released) {
-          await this.emit({ type: 'lock.released', session: sessionId, task: l.taskId, text: `${sessionId} released ${l.resource}`, data: { resource: l.resource, token: l.token } });
+          await this.emit({
+            type: 'lock.released',
+            session: sessionId,
+            task: l.taskId,
+            text: `${sessionId} released ${l.resource}`,
+            data: { resource: l.resource, token: l.token },
+          });
         }
         return released;
       }
     }
-    throw new FlowLoomError(ErrorCode.CONFLICT, 'the lock table kept changing under contention', { hint: 'try again' });
+    throw new FlowLoomError(ErrorCode.CONFLICT, 'the lock table kept changing under contention', {
+      hint: 'try again',
+    });
   }
 
   /** Extends every lock the session holds that is past half its lease. */
@@ -1029,9 +1284,13 @@ export class Coordinator {
       const cur = await this.store.readRegister<LockTable>('locks');
       if (!cur) return;
       const now = this.now();
-      const due = cur.value.locks.some((l) => l.session === sessionId && l.expiresAt - now < this.config.lockLeaseMs / 2);
+      const due = cur.value.locks.some(
+        (l) => l.session === sessionId && l.expiresAt - now < this.config.lockLeaseMs / 2,
+      );
       if (!due) return;
-      const locks = cur.value.locks.map((l) => (l.session === sessionId && l.expiresAt > now ? { ...l, expiresAt: now + this.config.lockLeaseMs } : l));
+      const locks = cur.value.locks.map((l) =>
+        l.session === sessionId && l.expiresAt > now ? { ...l, expiresAt: now + this.config.lockLeaseMs } : l,
+      );
       if (await this.store.writeRegister('locks', cur.version, { ...cur.value, locks })) return;
     }
   }
@@ -1085,12 +1344,17 @@ export class Coordinator {
       };
     });
     const pendingByCapability: Record<string, number> = {};
-    for (const t of pending) for (const n of t.needs.length ? t.needs : ['any']) pendingByCapability[n] = (pendingByCapability[n] ?? 0) + 1;
+    for (const t of pending)
+      for (const n of t.needs.length ? t.needs : ['any'])
+        pendingByCapability[n] = (pendingByCapability[n] ?? 0) + 1;
     const masterSession = sessions.find((s) => s.id === master.sessionId);
     const snapshot: StatusSnapshot = {
       generatedAt: now,
       store: { kind: this.store.kind, location: this.store.location },
-      master: master.sessionId === null && master.epoch === 0 ? null : { ...master, alive: masterSession ? this.isAlive(masterSession) : false },
+      master:
+        master.sessionId === null && master.epoch === 0
+          ? null
+          : { ...master, alive: masterSession ? this.isAlive(masterSession) : false },
       sessions: rows,
       queue: { counts, pendingByCapability },
       active: active.map((a) => ({
@@ -1112,15 +1376,19 @@ export class Coordinator {
 export function describeStatus(s: StatusSnapshot): string[] {
   const lines: string[] = [];
   if (s.master?.sessionId) {
-    lines.push(`${s.master.sessionId} is master (epoch ${s.master.epoch}, ${describeReason(s.master)})${s.master.alive ? '' : ' but is not responding'}.`);
+    lines.push(
+      `${s.master.sessionId} is master (epoch ${s.master.epoch}, ${describeReason(s.master)})${s.master.alive ? '' : ' but is not responding'}.`,
+    );
   } else {
     lines.push('No master: no session is alive.');
   }
   const agents = s.sessions.filter((x) => x.role === 'agent');
   const live = agents.filter((a) => a.alive);
   for (const a of agents) {
-    if (a.status === 'offline') lines.push(`${a.id} is offline (no heartbeat for ${Math.round(a.heartbeatAgeMs / 1000)} s).`);
-    else if (a.status === 'waiting') lines.push(`${a.id} is waiting for a human${a.report ? `: ${a.report.text}` : ''}.`);
+    if (a.status === 'offline')
+      lines.push(`${a.id} is offline (no heartbeat for ${Math.round(a.heartbeatAgeMs / 1000)} s).`);
+    else if (a.status === 'waiting')
+      lines.push(`${a.id} is waiting for a human${a.report ? `: ${a.report.text}` : ''}.`);
     else if (a.status === 'error') lines.push(`${a.id} is in error${a.report ? `: ${a.report.text}` : ''}.`);
     else if (a.report && (a.currentTask || a.report.taskId)) lines.push(`${a.id} reports: ${a.report.text}`);
     else if (a.currentTask) lines.push(`${a.id} is working on ${a.currentTask.id} "${a.currentTask.title}".`);
@@ -1128,7 +1396,9 @@ export function describeStatus(s: StatusSnapshot): string[] {
   if (live.length > 0 && live.every((a) => a.status === 'idle')) lines.push('All agents idle.');
   if (agents.length === 0) lines.push('No agents.');
   const c = s.queue.counts;
-  lines.push(`Queue: ${c.pending} pending, ${c.active} active, ${c.completed} completed, ${c.failed} failed, ${c.cancelled} cancelled.`);
+  lines.push(
+    `Queue: ${c.pending} pending, ${c.active} active, ${c.completed} completed, ${c.failed} failed, ${c.cancelled} cancelled.`,
+  );
   if (s.locks.length) lines.push(`Locks: ${s.locks.map((l) => `${l.resource} (${l.session})`).join(', ')}.`);
   return lines;
 }
@@ -1153,7 +1423,15 @@ function describeReason(m: MasterRecord): string {
 }
 
 function vacantMaster(now: number): MasterRecord {
-  return { epoch: 0, sessionId: null, explicit: false, since: now, reason: 'vacant', previous: null, handoff: null };
+  return {
+    epoch: 0,
+    sessionId: null,
+    explicit: false,
+    since: now,
+    reason: 'vacant',
+    previous: null,
+    handoff: null,
+  };
 }
 
 function emptyHandoff(from: string, to: string, at: number): HandoffNote {
@@ -1169,9 +1447,23 @@ function stripView(s: SessionView): SessionRecord {
   return rec;
 }
 
-function attemptOf(ref: LeaseRef, t: TaskRecord, now: number, outcome: AttemptOutcome, reason: string, claimedAt?: number): Attempt {
+function attemptOf(
+  ref: LeaseRef,
+  t: TaskRecord,
+  now: number,
+  outcome: AttemptOutcome,
+  reason: string,
+  claimedAt?: number,
+): Attempt {
   void t;
-  return { session: ref.session, token: ref.token, claimedAt: claimedAt ?? now, endedAt: now, outcome, reason: reason.slice(0, 2000) };
+  return {
+    session: ref.session,
+    token: ref.token,
+    claimedAt: claimedAt ?? now,
+    endedAt: now,
+    outcome,
+    reason: reason.slice(0, 2000),
+  };
 }
 
 function leaseExpired(taskId: string, session: string, why: string): FlowLoomError {
@@ -1187,7 +1479,11 @@ function normalizeWords(words: string[], what: string): string[] {
   for (const raw of words) {
     const w = raw.trim().toLowerCase();
     if (!w) continue;
-    if (!WORD_RE.test(w)) throw invalidInput(`${what} "${raw}" is not valid`, 'use lowercase letters, digits, ".", "_" or "-" (e.g. test-runner)');
+    if (!WORD_RE.test(w))
+      throw invalidInput(
+        `${what} "${raw}" is not valid`,
+        'use lowercase letters, digits, ".", "_" or "-" (e.g. test-runner)',
+      );
     out.add(w);
   }
   return [...out];

@@ -37,5 +37,5 @@ export type {
 export { currentProcessIdentity, probeProcess } from './platform/processIdentity.ts';
 export { resolveStateDir } from './platform/stateDir.ts';
 export { FsStore } from './store/fs/fsStore.ts';
-// export { MemoryStore } from './store/memoryStore.ts';
+export { MemoryStore } from './store/memoryStore.ts';
 export type { Store } from './store/store.ts';

@@ -140,10 +140,16 @@ export class MemoryStore implements Store {
 
   async claimTask(task: TaskRecord, lease: NewLease): Promise<ActiveTask | null> {
     const e = this.tasks.get(task.id);
-    if (!e || e.state !== 'pending') return null;
+    if (e?.state !== 'pending') return null;
     const now = this.clock.now();
     e.state = 'active';
-    e.lease = { session: lease.session, token: lease.token, claimedAt: now, renewedAt: now, leaseMs: lease.leaseMs };
+    e.lease = {
+      session: lease.session,
+      token: lease.token,
+      claimedAt: now,
+      renewedAt: now,
+      leaseMs: lease.leaseMs,
+    };
     this.changed('tasks');
     // The stored content, not the caller's copy: it may predate a requeue that added an attempt.
     return { task: copy(e.task), lease: { ...e.lease } };
@@ -191,7 +197,7 @@ export class MemoryStore implements Store {
     update: (task: TaskRecord) => TaskRecord,
   ): Promise<TaskRecord | null> {
     const e = this.tasks.get(id);
-    if (!e || e.state !== 'pending') return null;
+    if (e?.state !== 'pending') return null;
     const next = copy(update(copy(e.task)));
     this.move(e, to, next);
     return copy(next);
@@ -214,7 +220,13 @@ export class MemoryStore implements Store {
   }
 
   async countTasks(): Promise<Record<TaskState, number>> {
-    const counts: Record<TaskState, number> = { pending: 0, active: 0, completed: 0, failed: 0, cancelled: 0 };
+    const counts: Record<TaskState, number> = {
+      pending: 0,
+      active: 0,
+      completed: 0,
+      failed: 0,
+      cancelled: 0,
+    };
     for (const e of this.tasks.values()) counts[e.state]++;
     counts.completed += this.archived.size;
     return counts;
@@ -222,7 +234,8 @@ export class MemoryStore implements Store {
 
   async taskStates(ids: string[]): Promise<Map<string, TaskState | null>> {
     const out = new Map<string, TaskState | null>();
-    for (const id of ids) out.set(id, this.tasks.get(id)?.state ?? (this.archived.has(id) ? 'completed' : null));
+    for (const id of ids)
+      out.set(id, this.tasks.get(id)?.state ?? (this.archived.has(id) ? 'completed' : null));
     return out;
   }
 
@@ -247,11 +260,15 @@ export class MemoryStore implements Store {
       seq,
     };
     this.events.push(stored);
-    if (this.events.length > this.maxEvents) this.events = this.events.slice(this.events.length - this.maxEvents);
+    if (this.events.length > this.maxEvents)
+      this.events = this.events.slice(this.events.length - this.maxEvents);
     this.changed('events');
   }
 
-  async readEvents(cursor: string | null, limit: number): Promise<{ events: StoredEvent[]; cursor: string | null }> {
+  async readEvents(
+    cursor: string | null,
+    limit: number,
+  ): Promise<{ events: StoredEvent[]; cursor: string | null }> {
     if (cursor !== null && (typeof cursor !== 'string' || !CURSOR_RE.test(cursor))) {
       throw invalidInput(
         `cursor "${String(cursor)}" is not a FlowLoom event cursor: pass the cursor printed by a previous read`,
@@ -272,7 +289,11 @@ export class MemoryStore implements Store {
     const events: StoredEvent[] = [];
     let next = cursor;
     // Sequence numbers are dense, so the first event after `after` is found by arithmetic.
-    for (let i = Math.max(0, after - (oldest ?? 0) + 1); i < this.events.length && events.length < limit; i++) {
+    for (
+      let i = Math.max(0, after - (oldest ?? 0) + 1);
+      i < this.events.length && events.length < limit;
+      i++
+    ) {
       const { seq: _seq, ...e } = this.events[i]!;
       events.push(copy(e));
       next = e.cursor;
@@ -298,7 +319,7 @@ export class MemoryStore implements Store {
   /** The active entry whose current lease is (session, token), or null: the fence. */
   private current(ref: LeaseRef): TaskEntry | null {
     const e = this.tasks.get(ref.id);
-    if (!e || e.state !== 'active' || !e.lease) return null;
+    if (e?.state !== 'active' || !e.lease) return null;
     return e.lease.session === ref.session && e.lease.token === ref.token ? e : null;
   }
 

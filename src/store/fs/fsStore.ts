@@ -1,8 +1,10 @@
 import {
-  type FSWatcher,
+  appendFileSync,
   closeSync,
   existsSync,
+  type FSWatcher,
   fstatSync,
+  fsyncSync,
   openSync,
   readdirSync,
   readFileSync,
@@ -10,8 +12,6 @@ import {
   statSync,
   utimesSync,
   watch,
-  appendFileSync,
-  fsyncSync,
 } from 'node:fs';
 import { basename, join } from 'node:path';
 import { type Clock, systemClock } from '../../core/clock.ts';
@@ -65,7 +65,7 @@ import { EventLog } from './eventLog.ts';
  * Layout (see docs/architecture.md):
  *   master.lock/ seq/ locks/      compare-and-set registers: one file per version, 000000000042.json
  *   agents/<id>.json              session registrations; the file's mtime is the heartbeat
- *   tasks/pending/<prio>-<orderKey>-<id>.json    sorted by name = claim order
+ *   tasks/pending/<prio>-<orderKey>[r<attempts>]-<id>.json    sorted by name = claim order
  *   tasks/active/<id>~<session>~<token>~<claimedAt36>~<leaseMs36>.json   mtime = last renewal
  *   tasks/completed|failed|cancelled/<id>.json
  *   tasks/requeue/                moves back to pending in flight (crash recovery)
@@ -85,7 +85,11 @@ export class FsStore implements Store {
   private readonly dir: string;
   private readonly durable: boolean;
   private events: EventLog | null = null;
-  private readonly contentCache = new Map<string, TaskRecord>();
+  /**
+   * Parsed pending/active task files by name. A requeue rewrites a pending file under the same name
+   * (new inode, longer content), so an entry is only used while the file's inode and size still match.
+   */
+  private readonly contentCache = new Map<string, { task: TaskRecord; ino: number; size: number }>();
   private readonly activeNames = new Map<string, string>();
   private readonly watchers = new Map<string, { watcher: FSWatcher | null; listeners: Set<() => void> }>();
 
@@ -122,15 +126,26 @@ export class FsStore implements Store {
 
   async readRegister<T>(name: RegisterName): Promise<Versioned<T> | null> {
     const dir = join(this.dir, REGISTER_DIRS[name]);
+    // Versions found damaged: skipped even when they could not be moved (read-only dir), or this would spin.
+    const damaged = new Set<number>();
     for (;;) {
-      const versions = listVersions(dir);
+      const versions = listVersions(dir).filter((v) => !damaged.has(v));
       const top = versions[versions.length - 1];
       if (top === undefined) return null;
       const path = join(dir, versionName(top));
-      const text = readIfExists(path);
+      let text: string | undefined;
+      try {
+        text = readIfExists(path);
+      } catch (e) {
+        if (errno(e) !== 'EISDIR') throw e;
+        damaged.add(top);
+        this.quarantine(path, 'not a regular file');
+        continue;
+      }
       if (text === undefined) continue; // collected between listing and reading: list again
       const parsed = parseRegisterFile(name, text);
       if (parsed.ok) return { version: top, value: parsed.value as T };
+      damaged.add(top);
       this.quarantine(path, parsed.reason);
     }
   }
@@ -171,7 +186,15 @@ export class FsStore implements Store {
   // ---------------------------------------------------------------- sessions
 
   async putSession(rec: SessionRecord): Promise<void> {
-    this.write(join(this.dir, 'agents', `${rec.id}.json`), JSON.stringify(rec));
+    const path = join(this.dir, 'agents', `${rec.id}.json`);
+    this.write(path, JSON.stringify(rec));
+    // The mtime is the heartbeat: it must come from the store's clock, like touchSession's.
+    const now = new Date(this.clock.now());
+    try {
+      utimesSync(path, now, now);
+    } catch (e) {
+      if (errno(e) !== 'ENOENT') throw mapFsError(e, this.dir);
+    }
   }
 
   async touchSession(id: string): Promise<boolean> {
@@ -216,13 +239,18 @@ export class FsStore implements Store {
       if (errno(e) === 'ENOENT') return null;
       throw e;
     }
-    let text: string;
+    let text: string | null;
     let mtimeMs: number;
     try {
-      mtimeMs = fstatSync(fd).mtimeMs;
-      text = readFileSync(fd, 'utf8');
+      const st = fstatSync(fd);
+      mtimeMs = st.mtimeMs;
+      text = st.isFile() ? readFileSync(fd, 'utf8') : null;
     } finally {
       closeSync(fd);
+    }
+    if (text === null) {
+      this.quarantine(path, 'not a regular file');
+      return null;
     }
     const parsed = parseRecord(sessionRecordSchema, text);
     if (!parsed.ok) {
@@ -249,8 +277,8 @@ export class FsStore implements Store {
     } catch (e) {
       throw mapFsError(e, this.dir);
     }
-    if (!created) throw invalidInput(`a task with id "${task.id}" already exists`, 'choose another --id or omit it');
-    this.contentCache.set(basename(path), task);
+    if (!created)
+      throw invalidInput(`a task with id "${task.id}" already exists`, 'choose another --id or omit it');
   }
 
   async listPending(): Promise<TaskRecord[]> {
@@ -265,29 +293,59 @@ export class FsStore implements Store {
         continue;
       }
       live.add(name);
-      const t = this.readTaskFile(dir, name);
+      // One name never holds two contents (see pendingName) and the listing just proved the file
+      // exists, so a cached record needs no stat: a stat per pending file made every claim O(pending) syscalls.
+      const cached = this.contentCache.get(name);
+      const t = cached ? structuredClone(cached.task) : this.readTaskFile(dir, name);
       if (t) out.push(t);
     }
     // Pending files never change under one name, so their parsed content can be cached by name.
     if (this.contentCache.size > live.size + 4096) {
-      for (const k of this.contentCache.keys()) if (k.endsWith('.json') && PENDING_RE.test(k) && !live.has(k)) this.contentCache.delete(k);
+      for (const k of this.contentCache.keys())
+        if (k.endsWith('.json') && PENDING_RE.test(k) && !live.has(k)) this.contentCache.delete(k);
     }
     return out;
   }
 
   async claimTask(task: TaskRecord, lease: NewLease): Promise<ActiveTask | null> {
     const now = this.clock.now();
-    const activeName = [task.id, lease.session, lease.token, now.toString(36), lease.leaseMs.toString(36)].join('~') + '.json';
-    const moved = this.rename(
-      join(this.dir, 'tasks', 'pending', pendingName(task)),
-      join(this.dir, 'tasks', 'active', activeName),
-    );
+    const activeName =
+      [task.id, lease.session, lease.token, now.toString(36), lease.leaseMs.toString(36)].join('~') + '.json';
+    const activeDir = join(this.dir, 'tasks', 'active');
+    const pendingDir = join(this.dir, 'tasks', 'pending');
+    let from = pendingName(task);
+    let moved = this.rename(join(pendingDir, from), join(activeDir, activeName));
+    if (!moved) {
+      // The caller's copy may predate a requeue, which renamed the file (see pendingName).
+      const current = this.findPendingName(task.id);
+      if (current !== undefined && current !== from) {
+        from = current;
+        moved = this.rename(join(pendingDir, from), join(activeDir, activeName));
+      }
+    }
     if (!moved) return null;
+    // The lease's renewal time is the file's mtime; the moved file still carries the time it was written.
+    const at = new Date(now);
+    try {
+      utimesSync(join(activeDir, activeName), at, at);
+    } catch (e) {
+      if (errno(e) !== 'ENOENT') throw mapFsError(e, this.dir);
+    }
     this.activeNames.set(leaseKey(task.id, lease.session, lease.token), activeName);
-    this.contentCache.set(activeName, task);
+    const cached = this.contentCache.get(from);
+    if (cached) this.contentCache.set(activeName, cached); // rename keeps inode and size
+    // The stored content, not the caller's copy: that may predate a requeue that added an attempt.
+    const stored = this.readTaskFile(activeDir, activeName);
+    if (!stored) return null;
     return {
-      task,
-      lease: { session: lease.session, token: lease.token, claimedAt: now, renewedAt: now, leaseMs: lease.leaseMs },
+      task: this.withProgress(stored),
+      lease: {
+        session: lease.session,
+        token: lease.token,
+        claimedAt: now,
+        renewedAt: now,
+        leaseMs: lease.leaseMs,
+      },
     };
   }
 
@@ -311,7 +369,7 @@ export class FsStore implements Store {
       const task = this.readTaskFile(dir, name);
       if (!task) continue;
       out.push({
-        task,
+        task: this.withProgress(task),
         lease: {
           session: parts.session,
           token: parts.token,
@@ -375,6 +433,7 @@ export class FsStore implements Store {
       } else {
         const target = join(this.dir, 'tasks', to, `${ref.id}.json`);
         const tmp = writeTemp(target, JSON.stringify(next), this.durable);
+        this.stampFinished(tmp);
         // The rename out of active/ is the fence: it succeeds for exactly one of holder and reaper.
         if (!tryRename(from, target)) {
           safeUnlink(tmp);
@@ -396,7 +455,7 @@ export class FsStore implements Store {
     update: (task: TaskRecord) => TaskRecord,
   ): Promise<TaskRecord | null> {
     const dir = join(this.dir, 'tasks', 'pending');
-    const name = readdirSync(dir).find((n) => n.endsWith(`-${id}.json`) && PENDING_RE.test(n));
+    const name = this.findPendingName(id);
     if (!name) return null;
     const current = this.readTaskFile(dir, name);
     if (!current) return null;
@@ -404,6 +463,7 @@ export class FsStore implements Store {
     const target = join(this.dir, 'tasks', to, `${id}.json`);
     try {
       const tmp = writeTemp(target, JSON.stringify(next), this.durable);
+      this.stampFinished(tmp);
       if (!tryRename(join(dir, name), target)) {
         safeUnlink(tmp);
         return null;
@@ -421,10 +481,10 @@ export class FsStore implements Store {
       if (task) return { state, task, lease: null };
     }
     for (const a of await this.listActive()) {
-      if (a.task.id === id) return { state: 'active', task: this.withProgress(a.task), lease: a.lease };
+      if (a.task.id === id) return { state: 'active', task: a.task, lease: a.lease };
     }
     const pendingDir = join(this.dir, 'tasks', 'pending');
-    const name = readdirSync(pendingDir).find((n) => n.endsWith(`-${id}.json`) && PENDING_RE.test(n));
+    const name = this.findPendingName(id);
     if (name) {
       const task = this.readTaskFile(pendingDir, name);
       if (task) return { state: 'pending', task, lease: null };
@@ -437,7 +497,7 @@ export class FsStore implements Store {
   async listTasks(state: TaskState, opts: { limit?: number } = {}): Promise<TaskRecord[]> {
     const limit = opts.limit ?? Number.POSITIVE_INFINITY;
     if (state === 'pending') return (await this.listPending()).slice(0, limit);
-    if (state === 'active') return (await this.listActive()).map((a) => this.withProgress(a.task)).slice(0, limit);
+    if (state === 'active') return (await this.listActive()).map((a) => a.task).slice(0, limit);
     const dir = join(this.dir, 'tasks', state);
     const entries: { name: string; mtime: number }[] = [];
     for (const name of readdirSync(dir)) {
@@ -473,7 +533,7 @@ export class FsStore implements Store {
 
   async taskStates(ids: string[]): Promise<Map<string, TaskState | null>> {
     const out = new Map<string, TaskState | null>();
-    let open: Set<string> | null = null;
+    let open: Map<string, TaskState> | null = null;
     for (const id of ids) {
       let state: TaskState | null = null;
       for (const s of ['completed', 'failed', 'cancelled'] as const) {
@@ -484,26 +544,26 @@ export class FsStore implements Store {
       }
       if (state === null) {
         open ??= this.openTaskIds();
-        if (open.has(id)) state = 'pending';
-        else if (this.findArchived(id)) state = 'completed';
+        state = open.get(id) ?? (this.findArchived(id) ? 'completed' : null);
       }
       out.set(id, state);
     }
     return out;
   }
 
-  /** Ids of tasks that are pending, active or being requeued (not finished). */
-  private openTaskIds(): Set<string> {
-    const ids = new Set<string>();
+  /** States of tasks that are pending, active or being requeued (pending again), i.e. not finished. */
+  private openTaskIds(): Map<string, TaskState> {
+    const ids = new Map<string, TaskState>();
+    for (const n of readdirSync(join(this.dir, 'tasks', 'requeue')))
+      ids.set(n.replace(/\.json$/, ''), 'pending');
     for (const n of readdirSync(join(this.dir, 'tasks', 'pending'))) {
       const m = PENDING_RE.exec(n);
-      if (m?.[1]) ids.add(m[1]);
+      if (m?.[1]) ids.set(m[1], 'pending');
     }
     for (const n of readdirSync(join(this.dir, 'tasks', 'active'))) {
       const p = parseActiveName(n);
-      if (p) ids.add(p.id);
+      if (p) ids.set(p.id, 'active');
     }
-    for (const n of readdirSync(join(this.dir, 'tasks', 'requeue'))) ids.add(n.replace(/\.json$/, ''));
     return ids;
   }
 
@@ -542,11 +602,18 @@ export class FsStore implements Store {
     for (;;) {
       const meta = await this.readRegister<ArchiveMeta>('archive');
       const cur = meta?.value ?? { archived: 0, segment: 1 };
-      const segment = cur.archived > 0 && cur.archived % 20_000 < lines.length ? cur.segment + 1 : cur.segment;
+      const segment =
+        cur.archived > 0 && cur.archived % 20_000 < lines.length ? cur.segment + 1 : cur.segment;
       const base = join(archiveDir, String(segment).padStart(6, '0'));
       appendDurable(`${base}.jsonl`, `${lines.join('\n')}\n`);
       appendDurable(`${base}.ids`, `${ids.join('\n')}\n`);
-      if (await this.writeRegister<ArchiveMeta>('archive', meta?.version ?? 0, { archived: cur.archived + lines.length, segment })) break;
+      if (
+        await this.writeRegister<ArchiveMeta>('archive', meta?.version ?? 0, {
+          archived: cur.archived + lines.length,
+          segment,
+        })
+      )
+        break;
       // Lost the counter race: the lines are already appended (reads de-duplicate by id); retry the count only.
       lines.length = 0;
       break;
@@ -607,7 +674,7 @@ export class FsStore implements Store {
     for (const s of ['completed', 'failed', 'cancelled'] as const) {
       if (existsSync(join(this.dir, 'tasks', s, `${id}.json`))) return true;
     }
-    if (readdirSync(join(this.dir, 'tasks', 'pending')).some((n) => n.endsWith(`-${id}.json`))) return true;
+    if (this.findPendingName(id)) return true;
     return readdirSync(join(this.dir, 'tasks', 'active')).some((n) => n.startsWith(`${id}~`));
   }
 
@@ -628,7 +695,10 @@ export class FsStore implements Store {
     }
   }
 
-  async readEvents(cursor: string | null, limit: number): Promise<{ events: StoredEvent[]; cursor: string | null }> {
+  async readEvents(
+    cursor: string | null,
+    limit: number,
+  ): Promise<{ events: StoredEvent[]; cursor: string | null }> {
     return this.eventLog().read(cursor, limit);
   }
 
@@ -701,6 +771,17 @@ export class FsStore implements Store {
     return name ?? null;
   }
 
+  /** The pending file of task `id`; an exact match, so `build` never finds `pre-build`. */
+  private findPendingName(id: string): string | undefined {
+    return readdirSync(join(this.dir, 'tasks', 'pending')).find((n) => PENDING_RE.exec(n)?.[1] === id);
+  }
+
+  /** Stamps a finished task's file with the store clock: finished tasks are ordered by mtime. */
+  private stampFinished(path: string): void {
+    const now = new Date(this.clock.now());
+    utimesSync(path, now, now);
+  }
+
   private withProgress(task: TaskRecord): TaskRecord {
     const text = readIfExists(join(this.dir, 'tasks', 'progress', `${task.id}.json`));
     if (text === undefined) return task;
@@ -713,12 +794,37 @@ export class FsStore implements Store {
   }
 
   private readTaskFile(dir: string, name: string): TaskRecord | null {
+    const path = join(dir, name);
     const cached = this.contentCache.get(name);
     if (cached) {
-      return existsSync(join(dir, name)) ? cached : null;
+      const st = statSync(path, { throwIfNoEntry: false });
+      if (!st) return null;
+      // Copies out: a caller changing a returned record must not change what later reads return.
+      if (st.ino === cached.ino && st.size === cached.size) return structuredClone(cached.task);
     }
-    const text = readIfExists(join(dir, name));
-    if (text === undefined) return null;
+    // Content and identity from one open file, so a cache entry never pairs one file's text with another's inode.
+    let fd: number;
+    try {
+      fd = openSync(path, 'r');
+    } catch (e) {
+      if (errno(e) === 'ENOENT') return null;
+      throw e;
+    }
+    let text: string | null;
+    let ino: number;
+    let size: number;
+    try {
+      const st = fstatSync(fd);
+      ({ ino, size } = st);
+      // A directory where a task file belongs is foreign: set aside, never a crash (EISDIR).
+      text = st.isFile() ? readFileSync(fd, 'utf8') : null;
+    } finally {
+      closeSync(fd);
+    }
+    if (text === null) {
+      this.quarantine(path, 'not a regular file');
+      return null;
+    }
     const parsed = parseRecord(taskRecordSchema, text);
     if (!parsed.ok) {
       this.quarantine(join(dir, name), parsed.reason);
@@ -730,7 +836,7 @@ export class FsStore implements Store {
       return null;
     }
     if (dir.endsWith(join('tasks', 'pending')) || dir.endsWith(join('tasks', 'active'))) {
-      this.contentCache.set(name, parsed.value);
+      this.contentCache.set(name, { task: structuredClone(parsed.value), ino, size });
     }
     return parsed.value;
   }
@@ -808,15 +914,24 @@ function listVersions(dir: string): number[] {
   return out.sort((a, b) => a - b);
 }
 
-function parseRegisterFile(name: RegisterName, text: string): { ok: true; value: unknown } | { ok: false; reason: string } {
+function parseRegisterFile(
+  name: RegisterName,
+  text: string,
+): { ok: true; value: unknown } | { ok: false; reason: string } {
   let raw: unknown;
   try {
     raw = JSON.parse(text);
   } catch (e) {
     return { ok: false, reason: `not JSON (${(e as Error).message})` };
   }
-  if (typeof raw !== 'object' || raw === null || !('value' in raw)) return { ok: false, reason: 'not a register version' };
-  const schema = { master: masterRecordSchema, seq: seqRecordSchema, locks: lockTableSchema, archive: archiveMetaSchema }[name];
+  if (typeof raw !== 'object' || raw === null || !('value' in raw))
+    return { ok: false, reason: 'not a register version' };
+  const schema = {
+    master: masterRecordSchema,
+    seq: seqRecordSchema,
+    locks: lockTableSchema,
+    archive: archiveMetaSchema,
+  }[name];
   const r = schema.safeParse((raw as { value: unknown }).value);
   return r.success ? { ok: true, value: r.data } : { ok: false, reason: 'unexpected register shape' };
 }
@@ -839,10 +954,14 @@ function registerPrevId(text: string): string | null {
   }
 }
 
-/** Pending file name: sorts by priority (higher first), then age. */
+/**
+ * Pending file name: sorts by priority (higher first), then age. A requeued task (one more attempt) gets a
+ * new name, `r<attempts>` after its fixed-length order key, so a name never changes content.
+ */
 export function pendingName(task: TaskRecord): string {
   const prio = 1000 - Math.max(-999, Math.min(999, Math.trunc(task.priority)));
-  return `${String(prio).padStart(4, '0')}-${task.orderKey}-${task.id}.json`;
+  const requeued = task.attempts.length > 0 ? `r${task.attempts.length.toString(36)}` : '';
+  return `${String(prio).padStart(4, '0')}-${task.orderKey}${requeued}-${task.id}.json`;
 }
 
 function parseActiveName(
