@@ -4,6 +4,11 @@
  *   npm run bench                 full run (a few minutes), writes docs/benchmarks.md
  *   npm run bench -- --quick      short run, prints the table only (add --write to write the docs anyway)
  *   npm run bench -- --only=1,4   only some metrics (numbers as in the table), prints only
+ *   npm run bench -- --wait-idle  first wait (up to 10 min) for the 1-minute load average to drop below 1
+ *   npm run bench -- --keep       keep the temp dir (state directories and the dist/ snapshot) for a post-mortem
+ *
+ * Every process under test uses one snapshot of dist/ copied into the temp dir at start (other engineers
+ * rebuild dist/ concurrently; the snapshot keeps the whole run on one build).
  *
  * Every figure is a median or a percentile over repeated runs made in this same run. Processes under test
  * are real: `node dist/cli.js ...` for the CLI figures, and fixture scripts (bench/fixtures/*.mjs) that
@@ -14,13 +19,17 @@ import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   chmodSync,
+  closeSync,
+  fsyncSync,
   mkdirSync,
   mkdtempSync,
+  openSync,
   readdirSync,
   readFileSync,
   rmSync,
   statfsSync,
   writeFileSync,
+  writeSync,
 } from 'node:fs';
 import os from 'node:os';
 import { dirname, join, normalize, resolve } from 'node:path';
@@ -44,7 +53,15 @@ const ONLY = new Set(
     .filter(Boolean)
     .map(Number),
 );
+const KEEP = argv.includes('--keep');
 const WRITE_DOC = argv.includes('--write') || (!QUICK && ONLY.size === 0);
+/** --wait-idle[=LOAD]: before starting, wait (at most 10 min) until the 1-minute load average is below LOAD. */
+const WAIT_IDLE = (() => {
+  const a = argv.find((x) => x === '--wait-idle' || x.startsWith('--wait-idle='));
+  if (a === undefined) return null;
+  const v = Number(a.split('=')[1] ?? '1');
+  return Number.isFinite(v) && v > 0 ? v : 1;
+})();
 
 // Set in main(): the temp root, and a snapshot of dist/ inside it (see snapshotDist).
 let TMP = '';
@@ -347,6 +364,45 @@ function runCli(
   return { ms: dt, code: r.status, out: r.stdout };
 }
 
+// ---------------------------------------------------------------------------------------------- 0: baseline
+
+async function benchBaseline(): Promise<void> {
+  const n = QUICK ? 100 : 300;
+  const s = section(
+    0,
+    'Baseline: the machine itself',
+    `Floors the other figures stand on, measured in the bench process: ${n} times create + write 200 bytes + fsync + ` +
+      'close of a new file in the temp dir (every durable write of the file backend pays at least this: a task ' +
+      'add, a completion, a register version), and the same without fsync.',
+  );
+  const { root } = newDir('baseline');
+  const data = 'x'.repeat(200);
+  const durable: number[] = [];
+  const plain: number[] = [];
+  for (let i = 0; i < n; i++) {
+    for (const sync of [true, false]) {
+      const t = now();
+      const fd = openSync(join(root, `${sync ? 'd' : 'p'}${i}`), 'wx');
+      writeSync(fd, data);
+      if (sync) fsyncSync(fd);
+      closeSync(fd);
+      (sync ? durable : plain).push(now() - t);
+    }
+  }
+  s.rows.push({
+    metric: `Create + write + fsync a small file: p50 / p99 (n=${n})`,
+    measured: `${ms(median(durable))} / ${ms(pct(durable, 99))}`,
+    target: '\u2014',
+    ok: null,
+  });
+  s.rows.push({
+    metric: `Create + write a small file, no fsync: p50 / p99 (n=${n})`,
+    measured: `${ms(median(plain))} / ${ms(pct(plain, 99))}`,
+    target: '\u2014',
+    ok: null,
+  });
+}
+
 // ---------------------------------------------------------------------------------------------- 1 + 2: master failover
 
 async function startHold(id: string, env: NodeJS.ProcessEnv, cwd: string, pool: Child[]): Promise<Child> {
@@ -486,7 +542,7 @@ async function benchFailoverStop(): Promise<void> {
 
 async function benchDeadAgentTask(): Promise<void> {
   const pollMs = lib.DEFAULT_CONFIG.pollMs;
-  const killTrials = QUICK ? 20 : 30;
+  const killTrials = QUICK ? 20 : 25;
   const stopTrials = QUICK ? 3 : 6;
   const LEASE = 2000;
   const s = section(
@@ -618,7 +674,7 @@ async function benchEnqueueToClaim(): Promise<void> {
 
 async function benchThroughput(): Promise<void> {
   const N = QUICK ? 1000 : 3000;
-  const deadlineMs = QUICK ? 12_000 : 25_000;
+  const deadlineMs = QUICK ? 12_000 : 20_000;
   const counts = [1, 2, 8];
   const s = section(
     5,
@@ -677,7 +733,7 @@ async function benchThroughput(): Promise<void> {
 // ---------------------------------------------------------------------------------------------- 6: one CLI invocation
 
 async function benchCli(): Promise<void> {
-  const runs = QUICK ? 20 : 40;
+  const runs = QUICK ? 20 : 30;
   const s = section(
     6,
     'One CLI invocation',
@@ -768,7 +824,7 @@ function completedTask(i: number, at: number): TaskRecord {
 
 async function benchStatusHistory(): Promise<void> {
   const sizes = QUICK ? [10_000] : [0, 10_000, 100_000];
-  const runs = QUICK ? 10 : 20;
+  const runs = QUICK ? 10 : 15;
   const keep = lib.DEFAULT_CONFIG.keepFinished;
   const s = section(
     7,
@@ -976,6 +1032,7 @@ function writeDoc(started: Date, elapsedS: number): void {
 // ---------------------------------------------------------------------------------------------- main
 
 const BENCHES: [number, () => Promise<void>][] = [
+  [0, benchBaseline],
   [1, benchFailoverKill],
   [2, benchFailoverStop],
   [3, benchDeadAgentTask],
@@ -987,6 +1044,15 @@ const BENCHES: [number, () => Promise<void>][] = [
 ];
 
 async function main(): Promise<number> {
+  if (WAIT_IDLE !== null) {
+    const until = now() + 10 * 60_000;
+    while ((os.loadavg()[0] ?? 0) >= WAIT_IDLE && now() < until) {
+      log(
+        `waiting for the 1-minute load average (${(os.loadavg()[0] ?? 0).toFixed(2)}) to drop below ${WAIT_IDLE} ...`,
+      );
+      await sleep(10_000);
+    }
+  }
   const started = new Date();
   const t0 = now();
   LOAD_START = os.loadavg();
@@ -1007,7 +1073,8 @@ async function main(): Promise<number> {
     }
   } finally {
     killAllChildren();
-    rmSync(TMP, { recursive: true, force: true });
+    if (KEEP) log(`kept ${TMP}`);
+    else rmSync(TMP, { recursive: true, force: true });
   }
   const elapsed = (now() - t0) / 1000;
   console.log('');

@@ -1189,7 +1189,7 @@ export class Coordinator {
   private async dropWaiter(ticket: number): Promise<void> {
     for (let i = 0; i < MAX_CAS_RETRIES; i++) {
       const cur = await this.store.readRegister<LockTable>('locks');
-      if (!cur || !cur.value.waiters.some((w) => w.ticket === ticket)) return;
+      if (!cur?.value.waiters.some((w) => w.ticket === ticket)) return;
       if (
         await this.store.writeRegister('locks', cur.version, {
           ...cur.value,

@@ -65,7 +65,10 @@ function assertEpochsWellFormed(events: MasterEvent[]): void {
   for (let i = 1; i < events.length; i++) {
     const prev = events[i - 1]!.data.epoch;
     const cur = events[i]!.data.epoch;
-    assert.ok(cur > prev, `epoch ${cur} follows epoch ${prev} in the log: ${JSON.stringify(events.map((e) => [e.data.epoch, e.session]))}`);
+    assert.ok(
+      cur > prev,
+      `epoch ${cur} follows epoch ${prev} in the log: ${JSON.stringify(events.map((e) => [e.data.epoch, e.session]))}`,
+    );
   }
 }
 
@@ -81,7 +84,9 @@ describe('election across processes', () => {
     const env = { ...SHORT_LEASES, FLOWLOOM_DIR: dir, FLOWLOOM_SESSION_TTL: '120s' };
     const started = Date.now();
     const results = await Promise.all(
-      Array.from({ length: 50 }, (_, i) => runCli(children, cli, ['join', '--session', `s${i}`, '--json'], env)),
+      Array.from({ length: 50 }, (_, i) =>
+        runCli(children, cli, ['join', '--session', `s${i}`, '--json'], env),
+      ),
     );
     const joinMs = Date.now() - started;
     for (const [i, r] of results.entries()) assert.equal(r.code, 0, `s${i}: ${r.stderr}`);
@@ -102,7 +107,9 @@ describe('election across processes', () => {
     const final = events.at(-1)!;
     assert.equal(final.data.epoch, st.master?.epoch);
     assert.equal(final.session, last.id);
-    console.log(`50 joins took ${joinMs} ms; ${events.length} master changes, final epoch ${final.data.epoch}`);
+    console.log(
+      `50 joins took ${joinMs} ms; ${events.length} master changes, final epoch ${final.data.epoch}`,
+    );
   });
 
   test('SIGKILL of the master: exactly one new master with a higher epoch', async () => {
@@ -133,8 +140,9 @@ describe('election across processes', () => {
     // The survivors print a line on every role change: the first one naming another master ends the failover.
     const noticedAt = await waitFor(
       () =>
-        survivors.some((h, i) => h.json.slice(seen[i]).some((l) => l.master !== oldMaster && l.master != null)) &&
-        Date.now(),
+        survivors.some((h, i) =>
+          h.json.slice(seen[i]).some((l) => l.master !== oldMaster && l.master != null),
+        ) && Date.now(),
       10_000,
       'a survivor to report a new master',
     );
@@ -173,7 +181,11 @@ describe('election across processes', () => {
       FLOWLOOM_INDEX: index,
       FLOWLOOM_TEST_CONFIG: JSON.stringify({ sessionTtlMs: 1000, taskLeaseMs: 2000, pollMs: 100 }),
     });
-    const became = await waitFor(() => fixture.json.find((l) => l.event === 'master'), 20_000, 'the fixture to become master');
+    const became = await waitFor(
+      () => fixture.json.find((l) => l.event === 'master'),
+      20_000,
+      'the fixture to become master',
+    );
     const myEpoch = became.epoch as number;
     const attempts = () => fixture.json.filter((l) => typeof l.ok === 'boolean');
     await waitFor(() => attempts().filter((a) => a.ok === true).length >= 3, 10_000, 'three accepted writes');
@@ -201,7 +213,9 @@ describe('election across processes', () => {
       assert.equal(a.ok, false, `write after resume was accepted: ${JSON.stringify(a)}`);
       assert.equal(a.code, 'STALE_EPOCH', JSON.stringify(a));
     }
-    const inFlight = attempts().filter((a) => (a.startedAt as number) < resumedAt && (a.endedAt as number) >= resumedAt);
+    const inFlight = attempts().filter(
+      (a) => (a.startedAt as number) < resumedAt && (a.endedAt as number) >= resumedAt,
+    );
 
     const end = await status(env);
     assert.equal(end.master?.sessionId, 'other', 'the master stays the other session');

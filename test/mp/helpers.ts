@@ -39,7 +39,8 @@ export async function snapshotDist(): Promise<{ cli: string; index: string }> {
     } catch {
       // dist/ vanished mid-copy (a rebuild): try again.
     }
-    if (Date.now() > deadline) throw new Error(`${src} is missing or incomplete: run \`node scripts/build.mjs\``);
+    if (Date.now() > deadline)
+      throw new Error(`${src} is missing or incomplete: run \`node scripts/build.mjs\``);
     await delay(200);
   }
 }

@@ -6,8 +6,8 @@
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { after, before, describe, test } from 'node:test';
+import { pathToFileURL } from 'node:url';
 import type * as FlowLoom from '../../src/index.ts';
 import {
   type Child,
@@ -45,7 +45,13 @@ describe('resource locks across processes', () => {
     const marker = join(root, 'marker');
     const orderLog = join(root, 'order.log');
     const PER_PROCESS = 25;
-    const env = { FLOWLOOM_DIR: dir, FLOWLOOM_INDEX: index, FLOWLOOM_TEST_CONFIG: FIXTURE_CONFIG, MARKER: marker, ORDER_LOG: orderLog };
+    const env = {
+      FLOWLOOM_DIR: dir,
+      FLOWLOOM_INDEX: index,
+      FLOWLOOM_TEST_CONFIG: FIXTURE_CONFIG,
+      MARKER: marker,
+      ORDER_LOG: orderLog,
+    };
     const started = Date.now();
     const lockers = Array.from({ length: 8 }, (_, i) =>
       children.spawn([join(FIXTURES, 'locker.mjs'), `locker${i}`, String(PER_PROCESS)], env),
@@ -60,10 +66,16 @@ describe('resource locks across processes', () => {
       lockers.reduce((n, l) => n + Number(l.json.find((x) => x.event === 'done')?.violations ?? -1), 0),
       0,
     );
-    const tokens = readFileSync(orderLog, 'utf8').trim().split('\n').map((l) => Number(l.split(' ')[0]));
+    const tokens = readFileSync(orderLog, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => Number(l.split(' ')[0]));
     assert.equal(tokens.length, 8 * PER_PROCESS);
     for (let i = 1; i < tokens.length; i++) {
-      assert.ok(tokens[i]! > tokens[i - 1]!, `fencing token ${tokens[i]} after ${tokens[i - 1]} (acquisition ${i})`);
+      assert.ok(
+        tokens[i]! > tokens[i - 1]!,
+        `fencing token ${tokens[i]} after ${tokens[i - 1]} (acquisition ${i})`,
+      );
     }
     assert.ok(!existsSync(marker));
     console.log(`overlap: ${tokens.length} exclusive acquisitions by 8 processes in ${ms} ms, 0 violations`);
@@ -81,9 +93,16 @@ describe('resource locks across processes', () => {
     const env = { FLOWLOOM_DIR: dir, FLOWLOOM_INDEX: index, FLOWLOOM_TEST_CONFIG: FIXTURE_CONFIG };
     mkdirSync(barrier);
     const racers = Array.from({ length: 8 }, (_, i) =>
-      children.spawn([join(FIXTURES, 'racer.mjs'), `racer${i}`, String(ROUNDS), RESOURCE], { ...env, BARRIER_DIR: barrier }),
+      children.spawn([join(FIXTURES, 'racer.mjs'), `racer${i}`, String(ROUNDS), RESOURCE], {
+        ...env,
+        BARRIER_DIR: barrier,
+      }),
     );
-    await waitFor(() => racers.every((r) => r.json.some((l) => l.event === 'ready')), 30_000, 'the racers to join');
+    await waitFor(
+      () => racers.every((r) => r.json.some((l) => l.event === 'ready')),
+      30_000,
+      'the racers to join',
+    );
 
     const started = Date.now();
     const winners: string[] = [];
@@ -92,13 +111,19 @@ describe('resource locks across processes', () => {
       let stale: FlowLoom.LockRecord;
       if (round % 2 === 0) {
         const holder: Child = children.spawn([join(FIXTURES, 'holder.mjs'), `dead${round}`, RESOURCE], env);
-        const held = await waitFor(() => holder.json.find((l) => l.event === 'held'), 20_000, 'the holder to lock');
+        const held = await waitFor(
+          () => holder.json.find((l) => l.event === 'held'),
+          20_000,
+          'the holder to lock',
+        );
         holder.proc.kill('SIGKILL');
         await holder.exited;
         stale = { token: held.token as number } as FlowLoom.LockRecord;
       } else {
         await coord.join({ id: `lapsed${round}`, mode: 'agent' });
-        [stale] = (await coord.acquireLocks(`lapsed${round}`, [RESOURCE], { leaseMs: 1 })) as [FlowLoom.LockRecord];
+        [stale] = (await coord.acquireLocks(`lapsed${round}`, [RESOURCE], { leaseMs: 1 })) as [
+          FlowLoom.LockRecord,
+        ];
         await waitFor(() => Date.now() > stale.expiresAt + 1, 1000, 'the lease to lapse');
       }
       const table = await store.readRegister<{ locks: FlowLoom.LockRecord[] }>('locks');
@@ -117,7 +142,11 @@ describe('resource locks across processes', () => {
         `the racers' results of round ${round}`,
       );
       const won = results.filter((r) => r.ok === true);
-      assert.equal(won.length, 1, `round ${round}: ${won.length} processes acquired the stale lock: ${JSON.stringify(results)}`);
+      assert.equal(
+        won.length,
+        1,
+        `round ${round}: ${won.length} processes acquired the stale lock: ${JSON.stringify(results)}`,
+      );
       assert.ok((won[0]!.token as number) > stale.token, 'the new holder has a newer fencing token');
       for (const r of results) if (r.ok === false) assert.equal(r.code, 'LOCK_HELD', JSON.stringify(r));
       winners.push(won[0]!.session as string);
@@ -150,15 +179,30 @@ describe('resource locks across processes', () => {
     // The command: a start line, 150 ms of work, an end line.
     const script =
       "const fs=require('fs');const [f,id]=process.argv.slice(1);" +
-      "fs.appendFileSync(f,`start ${id} ${Date.now()}\\n`);" +
-      "setTimeout(()=>fs.appendFileSync(f,`end ${id} ${Date.now()}\\n`),150);";
+      'fs.appendFileSync(f,`start ${id} ${Date.now()}\\n`);' +
+      'setTimeout(()=>fs.appendFileSync(f,`end ${id} ${Date.now()}\\n`),150);';
     const RUNS = 3;
     const runAs = async (session: string) => {
       for (let i = 0; i < RUNS; i++) {
         const r = await runCli(
           children,
           cli,
-          ['lock', 'run', 'git', '--session', session, '--wait', '30s', '--json', '--', process.execPath, '-e', script, out, `${session}.${i}`],
+          [
+            'lock',
+            'run',
+            'git',
+            '--session',
+            session,
+            '--wait',
+            '30s',
+            '--json',
+            '--',
+            process.execPath,
+            '-e',
+            script,
+            out,
+            `${session}.${i}`,
+          ],
           env,
         );
         assert.equal(r.code, 0, r.stderr);
@@ -167,13 +211,20 @@ describe('resource locks across processes', () => {
     };
     await Promise.all([runAs('g1'), runAs('g2')]);
 
-    const lines = readFileSync(out, 'utf8').trim().split('\n').map((l) => l.split(' '));
+    const lines = readFileSync(out, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => l.split(' '));
     assert.equal(lines.length, 4 * RUNS);
     for (let i = 0; i < lines.length; i += 2) {
       const [kindA, idA, atA] = lines[i]!;
       const [kindB, idB, atB] = lines[i + 1]!;
       assert.equal(kindA, 'start', `line ${i}: ${lines[i]!.join(' ')}`);
-      assert.equal(kindB, 'end', `line ${i + 1}: a command started while another ran: ${lines.map((l) => l.join(' ')).join(' | ')}`);
+      assert.equal(
+        kindB,
+        'end',
+        `line ${i + 1}: a command started while another ran: ${lines.map((l) => l.join(' ')).join(' | ')}`,
+      );
       assert.equal(idA, idB);
       assert.ok(Number(atB) >= Number(atA));
       if (i > 0) assert.ok(Number(atA) >= Number(lines[i - 1]![2]), 'intervals do not overlap');

@@ -5,8 +5,8 @@
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { after, before, describe, test } from 'node:test';
+import { pathToFileURL } from 'node:url';
 import type * as FlowLoom from '../../src/index.ts';
 import {
   type Child,
@@ -51,7 +51,13 @@ describe('task queue across processes', () => {
     const root = tempDir('drain');
     const dir = join(root, 'state');
     const execLog = join(root, 'executions.log');
-    const config = { sessionTtlMs: 1000, taskLeaseMs: 2000, pollMs: 100, maxAttempts: 50, keepFinished: 1_000_000 };
+    const config = {
+      sessionTtlMs: 1000,
+      taskLeaseMs: 2000,
+      pollMs: 100,
+      maxAttempts: 50,
+      keepFinished: 1_000_000,
+    };
 
     // Enqueue through the library (not durable: a power loss is not what this test is about).
     const t0 = Date.now();
@@ -73,7 +79,8 @@ describe('task queue across processes', () => {
     };
     let nextId = 0;
     const workers: Child[] = [];
-    const startWorker = () => workers.push(children.spawn([join(FIXTURES, 'worker.mjs'), `w${nextId++}`], env));
+    const startWorker = () =>
+      workers.push(children.spawn([join(FIXTURES, 'worker.mjs'), `w${nextId++}`], env));
     const ready = (w: Child) => !w.done && w.json.some((l) => l.event === 'ready');
     const finished = () => taskFiles(dir, 'completed').length;
 
@@ -116,20 +123,29 @@ describe('task queue across processes', () => {
     assert.equal(completed.length, TOTAL, 'one completed file per task');
     const completedIds = new Set<string>();
     for (const name of completed) {
-      const t = JSON.parse(readFileSync(join(dir, 'tasks', 'completed', name), 'utf8')) as FlowLoom.TaskRecord;
+      const t = JSON.parse(
+        readFileSync(join(dir, 'tasks', 'completed', name), 'utf8'),
+      ) as FlowLoom.TaskRecord;
       assert.equal(`${t.id}.json`, name);
       completedIds.add(t.id);
       const wins = t.attempts.filter((a) => a.outcome === 'completed');
       assert.equal(wins.length, 1, `${t.id} completed ${wins.length} times: ${JSON.stringify(t.attempts)}`);
       assert.ok(t.result?.summary.startsWith('done by w'), `${t.id} has its result`);
     }
-    assert.deepEqual([...ids].filter((id) => !completedIds.has(id)), [], 'no task lost');
+    assert.deepEqual(
+      [...ids].filter((id) => !completedIds.has(id)),
+      [],
+      'no task lost',
+    );
 
     const lines = readFileSync(execLog, 'utf8').trim().split('\n');
     const executed = new Set(lines.map((l) => l.split(' ')[0]));
     assert.equal(executed.size, TOTAL, 'every task was executed');
     const reExecutions = lines.length - TOTAL;
-    const fenced = workers.reduce((n, w) => n + Number(w.json.find((l) => l.event === 'exit')?.fenced ?? 0), 0);
+    const fenced = workers.reduce(
+      (n, w) => n + Number(w.json.find((l) => l.event === 'exit')?.fenced ?? 0),
+      0,
+    );
     console.log(
       `drain: ${TOTAL} tasks enqueued in ${enqueueMs} ms; ${kills} kills over ${killPhaseMs} ms ` +
         `(${doneAtEndOfKills} done by then), ${workers.length} worker processes, all done after ${drainMs} ms; ` +
@@ -142,7 +158,10 @@ describe('task queue across processes', () => {
     const dir = join(tempDir('stale-done'), 'state');
     const env = { ...SHORT_LEASES, FLOWLOOM_DIR: dir, FLOWLOOM_TASK_LEASE: '1s' };
     for (const s of ['first', 'second']) {
-      assert.equal((await runCli(children, cli, ['join', '--session', s, '--mode', 'agent', '--json'], env)).code, 0);
+      assert.equal(
+        (await runCli(children, cli, ['join', '--session', s, '--mode', 'agent', '--json'], env)).code,
+        0,
+      );
     }
     const added = await runCli(children, cli, ['task', 'add', 'refactor auth', '--json'], env);
     assert.equal(added.code, 0, added.stderr);
@@ -176,7 +195,12 @@ describe('task queue across processes', () => {
     assert.notEqual(staleWithToken.code, 0);
     assert.equal((staleWithToken.json as { error: { code: string } }).error.code, 'LEASE_EXPIRED');
 
-    const fresh = await runCli(children, cli, ['task', 'done', id, '--session', 'second', '--result', 'ok', '--json'], env);
+    const fresh = await runCli(
+      children,
+      cli,
+      ['task', 'done', id, '--session', 'second', '--result', 'ok', '--json'],
+      env,
+    );
     assert.equal(fresh.code, 0, fresh.stderr);
     const shown = await runCli(children, cli, ['task', 'show', id, '--json'], env);
     const found = shown.json as { state: string; task: FlowLoom.TaskRecord };
@@ -193,7 +217,10 @@ describe('task queue across processes', () => {
   test("a dead agent's task is claimable again within about a second", async () => {
     const dir = join(tempDir('dead-holder'), 'state');
     const env = { ...SHORT_LEASES, FLOWLOOM_DIR: dir };
-    assert.equal((await runCli(children, cli, ['join', '--session', 'rescuer', '--mode', 'agent', '--json'], env)).code, 0);
+    assert.equal(
+      (await runCli(children, cli, ['join', '--session', 'rescuer', '--mode', 'agent', '--json'], env)).code,
+      0,
+    );
     const added = await runCli(children, cli, ['task', 'add', 'flaky job', '--json'], env);
     const id = (added.json as { task: { id: string } }).task.id;
     // A 60 s lease: getting the task back early can only come from proving that the holder died.
@@ -202,12 +229,21 @@ describe('task queue across processes', () => {
       FLOWLOOM_INDEX: index,
       FLOWLOOM_TEST_CONFIG: JSON.stringify({ sessionTtlMs: 1000, taskLeaseMs: 2000, pollMs: 100 }),
     });
-    const claimed = await waitFor(() => holder.json.find((l) => l.event === 'claimed'), 20_000, 'the fixture to claim');
+    const claimed = await waitFor(
+      () => holder.json.find((l) => l.event === 'claimed'),
+      20_000,
+      'the fixture to claim',
+    );
     assert.equal(claimed.task, id);
 
     const killedAt = Date.now();
     holder.proc.kill('SIGKILL');
-    const r = await runCli(children, cli, ['task', 'claim', '--session', 'rescuer', '--wait', '5s', '--json'], env);
+    const r = await runCli(
+      children,
+      cli,
+      ['task', 'claim', '--session', 'rescuer', '--wait', '5s', '--json'],
+      env,
+    );
     const reclaimMs = Date.now() - killedAt;
     assert.equal(r.code, 0, r.stderr);
     assert.equal((r.json as { task: { id: string } }).task.id, id);
@@ -217,7 +253,9 @@ describe('task queue across processes', () => {
       attempts.map((a) => [a.session, a.outcome]),
       [['doomed', 'holder-died']],
     );
-    console.log(`reclaim: task of SIGKILLed holder claimed by another session ${reclaimMs} ms after the kill`);
+    console.log(
+      `reclaim: task of SIGKILLed holder claimed by another session ${reclaimMs} ms after the kill`,
+    );
     assert.ok(reclaimMs < 3000, `reclaim took ${reclaimMs} ms`);
   });
 });

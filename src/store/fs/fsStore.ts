@@ -315,8 +315,9 @@ export class FsStore implements Store {
     const pendingDir = join(this.dir, 'tasks', 'pending');
     let from = pendingName(task);
     let moved = this.rename(join(pendingDir, from), join(activeDir, activeName));
-    if (!moved) {
-      // The caller's copy may predate a requeue, which renamed the file (see pendingName).
+    if (!moved && !this.isActiveOrFinished(task.id)) {
+      // The caller's copy may predate a requeue, which renamed the file (see pendingName). Checked only
+      // when nobody claimed it first (the usual loss), as listing pending/ costs a scan of every task.
       const current = this.findPendingName(task.id);
       if (current !== undefined && current !== from) {
         from = current;
@@ -769,6 +770,14 @@ export class FsStore implements Store {
     const prefix = `${ref.id}~${ref.session}~${ref.token}~`;
     const name = readdirSync(join(this.dir, 'tasks', 'active')).find((n) => n.startsWith(prefix));
     return name ?? null;
+  }
+
+  /** Whether task `id` is active or finished; cheap, active/ holds one file per running task. */
+  private isActiveOrFinished(id: string): boolean {
+    if (readdirSync(join(this.dir, 'tasks', 'active')).some((n) => n.startsWith(`${id}~`))) return true;
+    return (['completed', 'failed', 'cancelled'] as const).some((s) =>
+      existsSync(join(this.dir, 'tasks', s, `${id}.json`)),
+    );
   }
 
   /** The pending file of task `id`; an exact match, so `build` never finds `pre-build`. */
