@@ -225,7 +225,7 @@ describe('happy path through the CLI', () => {
   const ids: Record<string, string> = {};
 
   test('init creates the state directory', async () => {
-    const r = await cli<{ dir: string; created: boolean }>(dir, ['init']);
+    const r = await cli<{ dir: string; created: boolean }>(dir, ['init', '--session-ttl', '10m']);
     assert.equal(r.dir, dir);
     assert.equal(r.created, true);
     assert.ok(existsSync(join(dir, 'tasks', 'pending')));

@@ -75,6 +75,7 @@ describe('task queue across processes', () => {
       FLOWLOOM_INDEX: index,
       FLOWLOOM_TEST_CONFIG: JSON.stringify(config),
       EXEC_LOG: execLog,
+      EXEC_MS: '2',
       TOTAL: String(TOTAL),
     };
     let nextId = 0;
@@ -87,16 +88,14 @@ describe('task queue across processes', () => {
     const t1 = Date.now();
     for (let i = 0; i < WORKERS; i++) startWorker();
     let kills = 0;
+    let killedWhileStarting = 0;
     while (kills < MIN_KILLS) {
-      const candidates = await waitFor(
-        () => {
-          const c = workers.filter(ready);
-          return c.length > 0 ? c : null;
-        },
-        20_000,
-        'a running worker to kill',
-      );
-      const victim = candidates[Math.floor(Math.random() * candidates.length)]!;
+      // A worker that joined (and so may be executing) when there is one; else one that is starting up.
+      const live = workers.filter((w) => !w.done);
+      const running = live.filter(ready);
+      const pool = running.length > 0 ? running : live;
+      const victim = pool[Math.floor(Math.random() * pool.length)]!;
+      if (running.length === 0) killedWhileStarting++;
       victim.proc.kill('SIGKILL');
       await victim.exited;
       kills++;
@@ -108,7 +107,7 @@ describe('task queue across processes', () => {
     const doneAtEndOfKills = finished();
 
     // Let the last workers drain the queue; they exit once every task is finished.
-    await waitFor(() => workers.every((w) => w.done), 60_000, 'all workers to finish and exit');
+    await waitFor(() => workers.every((w) => w.done), 240_000, 'all workers to finish and exit');
     const drainMs = Date.now() - t1;
     for (const w of workers) {
       if (w.signal === 'SIGKILL') continue;
@@ -148,6 +147,7 @@ describe('task queue across processes', () => {
     );
     console.log(
       `drain: ${TOTAL} tasks enqueued in ${enqueueMs} ms; ${kills} kills over ${killPhaseMs} ms ` +
+        `(${killedWhileStarting} of workers still starting) ` +
         `(${doneAtEndOfKills} done by then), ${workers.length} worker processes, all done after ${drainMs} ms; ` +
         `${lines.length} executions = ${reExecutions} re-executions; ${fenced} completions refused by fencing`,
     );
