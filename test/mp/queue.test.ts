@@ -82,22 +82,36 @@ describe('task queue across processes', () => {
     const workers: Child[] = [];
     const startWorker = () =>
       workers.push(children.spawn([join(FIXTURES, 'worker.mjs'), `w${nextId++}`], env));
-    const ready = (w: Child) => !w.done && w.json.some((l) => l.event === 'ready');
+    // A worker that claimed a task is in its loop of claim, execute, complete: killing it lands anywhere in it.
+    const killed = new Set<Child>();
+    const working = (w: Child) => !w.done && !killed.has(w) && w.json.some((l) => l.event === 'working');
     const finished = () => taskFiles(dir, 'completed').length;
+
+    // A live master, as in real use: the workers join as agents, so killing them never moves mastership.
+    const master = children.spawn(
+      [cli, 'join', '--session', 'boss', '--mode', 'master', '--hold', '--json'],
+      {
+        ...SHORT_LEASES,
+        FLOWLOOM_DIR: dir,
+      },
+    );
+    await waitFor(() => master.json.length > 0, 20_000, 'the master to join');
 
     const t1 = Date.now();
     for (let i = 0; i < WORKERS; i++) startWorker();
     let kills = 0;
-    let killedWhileStarting = 0;
     while (kills < MIN_KILLS) {
-      // A worker that joined (and so may be executing) when there is one; else one that is starting up.
-      const live = workers.filter((w) => !w.done);
-      const running = live.filter(ready);
-      const pool = running.length > 0 ? running : live;
+      const pool = await waitFor(
+        () => {
+          const p = workers.filter(working);
+          return p.length > 0 ? p : null;
+        },
+        30_000,
+        'a working worker to kill',
+      );
       const victim = pool[Math.floor(Math.random() * pool.length)]!;
-      if (running.length === 0) killedWhileStarting++;
       victim.proc.kill('SIGKILL');
-      await victim.exited;
+      killed.add(victim);
       kills++;
       startWorker();
       assert.ok(finished() < TOTAL, `the queue drained after only ${kills} kills: make the tasks slower`);
@@ -107,8 +121,9 @@ describe('task queue across processes', () => {
     const doneAtEndOfKills = finished();
 
     // Let the last workers drain the queue; they exit once every task is finished.
-    await waitFor(() => workers.every((w) => w.done), 240_000, 'all workers to finish and exit');
+    await waitFor(() => workers.every((w) => w.done), 180_000, 'all workers to finish and exit');
     const drainMs = Date.now() - t1;
+    assert.ok(!master.done, 'the master session stayed up');
     for (const w of workers) {
       if (w.signal === 'SIGKILL') continue;
       assert.equal(w.code, 0, `worker exited with ${w.code}: ${w.stderr.join('\n')}`);
@@ -118,9 +133,19 @@ describe('task queue across processes', () => {
     for (const state of ['pending', 'active', 'failed', 'cancelled', 'requeue']) {
       assert.deepEqual(taskFiles(dir, state), [], `tasks left in ${state}/`);
     }
+    const lines = readFileSync(execLog, 'utf8').trim().split('\n');
+    const executions = new Map<string, number>();
+    for (const l of lines) {
+      const id = l.split(' ')[0]!;
+      executions.set(id, (executions.get(id) ?? 0) + 1);
+    }
+    assert.equal(executions.size, TOTAL, 'every task was executed');
+    const reExecutions = lines.length - TOTAL;
+
     const completed = taskFiles(dir, 'completed');
     assert.equal(completed.length, TOTAL, 'one completed file per task');
     const completedIds = new Set<string>();
+    const outcomes: Record<string, number> = {};
     for (const name of completed) {
       const t = JSON.parse(
         readFileSync(join(dir, 'tasks', 'completed', name), 'utf8'),
@@ -129,7 +154,12 @@ describe('task queue across processes', () => {
       completedIds.add(t.id);
       const wins = t.attempts.filter((a) => a.outcome === 'completed');
       assert.equal(wins.length, 1, `${t.id} completed ${wins.length} times: ${JSON.stringify(t.attempts)}`);
+      assert.equal(t.attempts.at(-1)?.outcome, 'completed', `${t.id}: the completion is the last attempt`);
       assert.ok(t.result?.summary.startsWith('done by w'), `${t.id} has its result`);
+      // Every execution began under a claim, and every claim ends as an attempt that is kept.
+      const runs = executions.get(t.id) ?? 0;
+      assert.ok(t.attempts.length >= runs, `${t.id}: ${runs} executions, ${t.attempts.length} attempts kept`);
+      for (const a of t.attempts) outcomes[a.outcome] = (outcomes[a.outcome] ?? 0) + 1;
     }
     assert.deepEqual(
       [...ids].filter((id) => !completedIds.has(id)),
@@ -137,19 +167,15 @@ describe('task queue across processes', () => {
       'no task lost',
     );
 
-    const lines = readFileSync(execLog, 'utf8').trim().split('\n');
-    const executed = new Set(lines.map((l) => l.split(' ')[0]));
-    assert.equal(executed.size, TOTAL, 'every task was executed');
-    const reExecutions = lines.length - TOTAL;
     const fenced = workers.reduce(
       (n, w) => n + Number(w.json.find((l) => l.event === 'exit')?.fenced ?? 0),
       0,
     );
     console.log(
       `drain: ${TOTAL} tasks enqueued in ${enqueueMs} ms; ${kills} kills over ${killPhaseMs} ms ` +
-        `(${killedWhileStarting} of workers still starting) ` +
-        `(${doneAtEndOfKills} done by then), ${workers.length} worker processes, all done after ${drainMs} ms; ` +
-        `${lines.length} executions = ${reExecutions} re-executions; ${fenced} completions refused by fencing`,
+        `(${doneAtEndOfKills} tasks done by then); ${workers.length} worker processes; all done after ${drainMs} ms; ` +
+        `${lines.length} executions = ${reExecutions} re-executions; ${fenced} completions refused by fencing; ` +
+        `attempt outcomes ${JSON.stringify(outcomes)}`,
     );
     assert.ok(reExecutions <= kills, `${reExecutions} re-executions for ${kills} kills`);
   });
