@@ -419,29 +419,24 @@ export class FsStore implements Store {
     const from = join(activeDir, name);
     this.activeNames.delete(leaseKey(ref.id, ref.session, ref.token));
     try {
-      if (to === 'pending') {
-        // Through requeue/: once the file is back in pending/ anyone may claim it, so its new content
-        // must already be in place when it appears there.
-        const target = join(this.dir, 'tasks', 'pending', pendingName(next));
-        const tmp = writeTemp(target, JSON.stringify(next), this.durable);
-        const parked = join(this.dir, 'tasks', 'requeue', `${ref.id}.json`);
-        if (!tryRename(from, parked)) {
-          safeUnlink(tmp);
-          return null;
-        }
-        renameSync(tmp, target);
-        safeUnlink(parked);
-      } else {
-        const target = join(this.dir, 'tasks', to, `${ref.id}.json`);
-        const tmp = writeTemp(target, JSON.stringify(next), this.durable);
-        this.stampFinished(tmp);
-        // The rename out of active/ is the fence: it succeeds for exactly one of holder and reaper.
-        if (!tryRename(from, target)) {
-          safeUnlink(tmp);
-          return null;
-        }
-        renameSync(tmp, target);
+      // The rename out of active/ into requeue/ is the fence: it succeeds for exactly one of holder
+      // and reaper. The new content was written beforehand and is renamed into place after, so the
+      // target never shows the old content; a crash in between leaves the task parked in requeue/,
+      // from where recoverInterrupted() returns it to the queue (it ran at most once more, never
+      // counted completed without its result).
+      const target =
+        to === 'pending'
+          ? join(this.dir, 'tasks', 'pending', pendingName(next))
+          : join(this.dir, 'tasks', to, `${ref.id}.json`);
+      const tmp = writeTemp(target, JSON.stringify(next), this.durable);
+      if (to !== 'pending') this.stampFinished(tmp);
+      const parked = join(this.dir, 'tasks', 'requeue', `${ref.id}.json`);
+      if (!tryRename(from, parked)) {
+        safeUnlink(tmp);
+        return null;
       }
+      renameSync(tmp, target);
+      safeUnlink(parked);
     } catch (e) {
       throw mapFsError(e, this.dir);
     }
